@@ -1,0 +1,582 @@
+"""Elaboration: a syntax tree becomes a graph IR.
+
+Constants are evaluated, blocks are instantiated (``mixer(C, G) * 3`` gives
+``mixer.1``..``mixer.3``), pipes are expanded into op nodes and losses get their
+head ops. Every problem is recorded as a diagnostic and elaboration carries on,
+so that the user sees all of them at once.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+import networkx as nx
+
+from fgc import syntax as S
+from fgc.errors import Diagnostic, Span
+from fgc.ir import EdgeData, Graph, LossInfo, NodeData
+from fgc.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
+
+RESERVED_VALUES = ("in", "output", "blocks")
+
+
+class Diags:
+    """Collects diagnostics; never raises."""
+
+    def __init__(self):
+        self.items: list[Diagnostic] = []
+
+    def add(self, code: str, message: str, span: Span | None, hint: str | None = None,
+            severity: str = "error") -> None:
+        self.items.append(Diagnostic(code, message, span, hint, severity))
+
+    def __bool__(self) -> bool:
+        return any(d.severity == "error" for d in self.items)
+
+
+def suggest(name: str, candidates) -> str | None:
+    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    return f"did you mean `{close[0]}`?" if close else None
+
+
+class _Skip(Exception):
+    """An expression could not be evaluated; a diagnostic was already recorded."""
+
+
+@dataclass
+class _Scope:
+    """Names visible while elaborating one block instance or the network."""
+
+    consts: dict  # name -> number or other evaluated value
+    values: dict  # name -> node id
+    prefix: str
+    block: str | None = None
+    block_def: str | None = None
+    counter: int = 0
+
+
+@dataclass
+class Builder:
+    spec: S.SpecFile
+    diags: Diags = field(default_factory=Diags)
+
+    def __post_init__(self):
+        self.graph = Graph(meta={"title": None, "blocks": [], "output": None, "path": self.spec.path})
+        self.consts: dict = {}
+        self.blocks: dict[str, S.BlockDef] = {}
+        self.heads: dict[str, S.HeadDef] = {}
+        self.used_defs: set[str] = set()
+        self.instances: dict[str, int] = {}
+        self.net_values: dict[str, str] = {}
+
+    # --- entry ---------------------------------------------------------------------
+    def build(self) -> Graph:
+        sp = self.spec
+        for d in sp.of(S.SpecDecl)[1:]:
+            self.diags.add("E101", "`spec` is given twice", d.span, "keep one title")
+        if sp.of(S.SpecDecl):
+            self.graph.meta["title"] = sp.of(S.SpecDecl)[0].title
+        self._collect_defs()
+        self._consts()
+        inputs = sp.of(S.InputDecl)
+        if not inputs:
+            self.diags.add("E102", "the spec has no `input`", None,
+                           "add e.g. `input x = image(28, 28, 1), classes = 10`")
+        for extra in inputs[1:]:
+            self.diags.add("E101", "a spec has one `input`", extra.span)
+        nets = sp.of(S.NetworkDef)
+        if not nets:
+            self.diags.add("E103", "the spec has no `network { ... }`", None,
+                           "add `network { out x | ... }`")
+        for extra in nets[1:]:
+            self.diags.add("E101", "a spec has one `network`", extra.span)
+        if inputs:
+            self._input(inputs[0])
+        if inputs and nets:
+            self._network(nets[0])
+            for loss in sp.of(S.LossDecl):
+                self._loss(loss)
+            if not sp.of(S.LossDecl):
+                self.diags.add("E110", "the spec declares no `loss`", nets[0].span,
+                               "add e.g. `loss final = readout on output`")
+        for name, d in {**self.blocks, **self.heads}.items():
+            if name not in self.used_defs:
+                what = "block" if name in self.blocks else "head"
+                self.diags.add("E106", f"{what} `{name}` is defined but never used", d.span,
+                               "use it or remove it")
+        return self.graph
+
+    def _collect_defs(self):
+        seen: dict[str, Span | None] = {}
+        for d in self.spec.of(S.BlockDef) + self.spec.of(S.HeadDef):
+            if d.name in seen:
+                self.diags.add("E101", f"`{d.name}` is defined twice", d.span,
+                               f"first defined at {seen[d.name]}")
+                continue
+            seen[d.name] = d.span
+            if d.name in OPS:
+                self.diags.add("E111", f"`{d.name}` is a built-in op and cannot be redefined",
+                               d.span, "choose another name")
+                continue
+            (self.blocks if isinstance(d, S.BlockDef) else self.heads)[d.name] = d
+            if len(set(d.params)) != len(d.params):
+                self.diags.add("E101", f"`{d.name}` has a repeated parameter name", d.span)
+
+    def _consts(self):
+        for c in self.spec.of(S.ConstDecl):
+            if c.name in self.consts:
+                self.diags.add("E101", f"constant `{c.name}` is defined twice", c.span)
+                continue
+            try:
+                self.consts[c.name] = self.eval(c.value, self.consts)
+            except _Skip:
+                self.consts[c.name] = None
+
+    # --- values ---------------------------------------------------------------------
+    def eval(self, v: S.Value, env: dict, what: str = "value"):
+        """Evaluates a constant expression: numbers, names, lists, calls (kept symbolic)."""
+        if isinstance(v, (S.Number, S.String, S.Bool)):
+            return v.value
+        if isinstance(v, S.Name):
+            if v.id in env:
+                if env[v.id] is None:
+                    raise _Skip
+                return env[v.id]
+            return _Symbol(v.id, v.span)
+        if isinstance(v, S.List):
+            return [self.eval(x, env) for x in v.items]
+        if isinstance(v, S.Call):
+            return _Symbol(v.func, v.span, [self.eval(a, env) for a in v.args],
+                           {k.name: self.eval(k.value, env) for k in v.kwargs})
+        if isinstance(v, S.BinOp):
+            a, b = self.eval(v.left, env), self.eval(v.right, env)
+            for side, x in ((v.left, a), (v.right, b)):
+                if not isinstance(x, (int, float)) or isinstance(x, bool):
+                    self._unknown_or_type(side, x, env, "arithmetic needs numbers")
+                    raise _Skip
+            if v.op == "+":
+                return a + b
+            if v.op == "*":
+                return a * b
+            if b == 0:
+                self.diags.add("E202", "division by zero", v.span)
+                raise _Skip
+            if isinstance(a, int) and isinstance(b, int):
+                if a % b:
+                    self.diags.add("E202", f"{a} / {b} is not a whole number", v.span,
+                                   "widths and counts must divide exactly")
+                    raise _Skip
+                return a // b
+            return a / b
+        raise _Skip  # pragma: no cover
+
+    def _unknown_or_type(self, node, val, env, msg):
+        if isinstance(val, _Symbol) and not val.args and not val.kwargs:
+            self.diags.add("E201", f"unknown name `{val.name}`", node.span, suggest(val.name, env))
+        else:
+            self.diags.add("E206", msg, node.span)
+
+    # --- input ------------------------------------------------------------------------
+    def _input(self, d: S.InputDecl):
+        kind = d.kind
+        dims = []
+        try:
+            dims = [self.eval(a, self.consts) for a in kind.args]
+        except _Skip:
+            return
+        shapes = {"image": 3, "vector": 1}
+        if kind.func not in shapes:
+            self.diags.add("E201", f"unknown input kind `{kind.func}`", kind.span,
+                           suggest(kind.func, shapes) or "use image(H, W, C) or vector(D)")
+            return
+        if len(dims) != shapes[kind.func] or not all(isinstance(x, int) and x > 0 for x in dims):
+            self.diags.add("E206", f"{kind.func}(...) takes {shapes[kind.func]} positive integers",
+                           kind.span, "e.g. image(28, 28, 1) or vector(784)")
+            return
+        opts = {}
+        for o in d.options:
+            if o.name not in ("classes", "normalize"):
+                self.diags.add("E203", f"unknown input option `{o.name}`", o.span,
+                               suggest(o.name, ("classes", "normalize")) or "options: classes, normalize")
+                continue
+            try:
+                opts[o.name] = self.eval(o.value, self.consts)
+            except _Skip:
+                pass
+        classes = opts.get("classes")
+        if not isinstance(classes, int) or classes < 2:
+            self.diags.add("E206", "the input needs `classes = N` with N ≥ 2", d.span,
+                           "e.g. `input x = image(28, 28, 1), classes = 10`")
+            classes = 2
+        norm = opts.get("normalize")
+        self.consts.setdefault("classes", classes)
+        self.graph.meta["classes"] = classes
+        self.graph.meta["input_shape"] = list(dims)
+        self.graph.meta["normalize"] = norm.name if isinstance(norm, _Symbol) else norm
+        self.graph.add_node("input", NodeData("input", "input", {"name": d.name}, shape=tuple(dims),
+                                              span=d.span))
+        self.net_values[d.name] = "input"
+
+    # --- network and blocks -----------------------------------------------------------
+    def _network(self, net: S.NetworkDef):
+        scope = _Scope(dict(self.consts), dict(self.net_values), "net")
+        out = self._body(net.body, scope, net.span, "network")
+        self.net_values = scope.values
+        if out is not None:
+            self.graph.meta["output"] = out
+
+    def _body(self, body, scope: _Scope, span, where: str) -> str | None:
+        """Elaborates statements in dependency order; returns the `out` node id."""
+        assigns: dict[str, S.Assign] = {}
+        outs = [s for s in body if isinstance(s, S.Out)]
+        for s in body:
+            if isinstance(s, S.Assign):
+                if s.name in assigns or s.name in scope.values:
+                    self.diags.add("E109", f"`{s.name}` is assigned twice", s.span,
+                                   "each name is assigned once; pick a new name")
+                    continue
+                if s.name in RESERVED_VALUES or s.name in scope.consts:
+                    self.diags.add("E109", f"`{s.name}` is a reserved or constant name", s.span)
+                    continue
+                assigns[s.name] = s
+        deps = nx.DiGraph()
+        for name, s in assigns.items():
+            deps.add_node(name)
+            for ref in _refs(s.pipe):
+                if ref in assigns:
+                    deps.add_edge(ref, name)
+        try:
+            cyc = nx.find_cycle(deps)
+            names = [u for u, _ in cyc]
+            first = assigns[names[0]]
+            self.diags.add("E108", "cycle: " + " → ".join(f"`{n}`" for n in names + [names[0]]),
+                           first.span, "a value cannot depend on itself; break the loop")
+            return None
+        except nx.NetworkXNoCycle:
+            pass
+        for name in nx.lexicographical_topological_sort(deps, key=lambda n: list(assigns).index(n)):
+            nid = self._pipe(assigns[name].pipe, scope)
+            if nid is not None:
+                scope.values[name] = nid
+        if len(outs) != 1:
+            self.diags.add("E104", f"{where} needs exactly one `out` statement, found {len(outs)}",
+                           span if not outs else outs[1].span, "end it with `out <pipe>`")
+            return None
+        out = self._pipe(outs[0].pipe, scope)
+        used = set()
+        for s in body:
+            used |= set(_refs(s.pipe))
+        for name, s in assigns.items():
+            if name not in used:
+                self.diags.add("E112", f"`{name}` is computed but never used", s.span,
+                               "use it in a later pipe or remove it")
+        return out
+
+    def _pipe(self, pipe: S.Pipe, scope: _Scope) -> str | None:
+        first, *rest = pipe.stages
+        if not (isinstance(first, S.Name) and first.id in scope.values):
+            if isinstance(first, S.Name) and first.id not in OPS and first.id not in self.blocks:
+                known = list(scope.values)
+                self.diags.add("E201", f"unknown value `{first.id}`", first.span,
+                               suggest(first.id, known) or f"known values: {', '.join(known) or 'none'}")
+            else:
+                self.diags.add("E113", "a pipe must start from a value", first.span,
+                               "write `name = x | ...` where x is the input, `in` or an earlier value")
+            return None
+        cur = scope.values[first.id]
+        for st in rest:
+            cur = self._stage(st, cur, scope)
+            if cur is None:
+                return None
+        return cur
+
+    def _stage(self, st, cur: str, scope: _Scope) -> str | None:
+        count = 1
+        if isinstance(st, S.Repeat):
+            count, st = st.count, st.stage
+            if st_name(st) in OPS:
+                self.diags.add("E114", f"only blocks can be repeated, `{st_name(st)}` is an op",
+                               st.span, "define a block and repeat that")
+                return None
+            if count < 1:
+                self.diags.add("E114", "repeat count must be at least 1", st.span)
+                return None
+        name = st_name(st)
+        if isinstance(st, S.Name) and name in scope.values:
+            self.diags.add("E113", f"`{name}` is a value, not an op", st.span,
+                           f"to combine values use an op such as add({name})")
+            return None
+        if name in self.blocks:
+            if scope.block is not None:
+                self.diags.add("E115", f"block `{name}` used inside block `{scope.block_def}`",
+                               st.span, "blocks are instantiated in `network`; inline the ops")
+                return None
+            self.used_defs.add(name)
+            for _ in range(count):
+                cur = self._block(self.blocks[name], st, cur, scope)
+                if cur is None:
+                    return None
+            return cur
+        if name in self.heads:
+            self.diags.add("E116", f"head `{name}` used in a pipe", st.span,
+                           "heads are attached with `loss NAME = head on TARGET`")
+            return None
+        return self._op(st, cur, scope)
+
+    def _op(self, st, cur: str, scope: _Scope, role: str = "op", loss: str | None = None):
+        name = st_name(st)
+        if name not in OPS:
+            self.diags.add("E201", f"unknown op or block `{name}`", st.span,
+                           suggest(name, list(OPS) + list(self.blocks)))
+            return None
+        d = OPS[name]
+        args = st.args if isinstance(st, S.Call) else ()
+        kwargs = st.kwargs if isinstance(st, S.Call) else ()
+        operands = [cur]
+        if d.arity == 2:
+            if not args or not isinstance(args[0], S.Name):
+                self.diags.add("E204", f"`{name}` needs a value to combine with", st.span,
+                               f"e.g. {name}(in)")
+                return None
+            ref = args[0]
+            if ref.id not in scope.values:
+                self.diags.add("E201", f"unknown value `{ref.id}`", ref.span,
+                               suggest(ref.id, scope.values))
+                return None
+            operands.append(scope.values[ref.id])
+            args = args[1:]
+        attrs = self._bind(name, d.args, args, kwargs, scope.consts, st.span)
+        if attrs is None:
+            return None
+        nid = f"{scope.prefix}/{name}.{scope.counter}"
+        scope.counter += 1
+        self.graph.add_node(nid, NodeData(name, role, attrs, scope.block, scope.block_def, loss,
+                                          span=st.span))
+        for port, src in enumerate(operands):
+            self.graph.add_edge(src, nid, EdgeData(port))
+        return nid
+
+    def _bind(self, fname, sig, args, kwargs, env, span) -> dict | None:
+        out, ok = {}, True
+        if len(args) > len(sig):
+            self.diags.add("E205", f"`{fname}` takes at most {len(sig)} positional arguments, "
+                           f"got {len(args)}", span, _sig_hint(fname, sig))
+            return None
+        for a, v in zip(sig, args):
+            out[a.name] = (v, a)
+        names = [a.name for a in sig]
+        for kw in kwargs:
+            if kw.name not in names:
+                self.diags.add("E203", f"`{fname}` has no argument `{kw.name}`", kw.span,
+                               suggest(kw.name, names) or _sig_hint(fname, sig))
+                ok = False
+                continue
+            if kw.name in out:
+                self.diags.add("E205", f"argument `{kw.name}` of `{fname}` given twice", kw.span)
+                ok = False
+                continue
+            out[kw.name] = (kw.value, next(a for a in sig if a.name == kw.name))
+        attrs = {}
+        for a in sig:
+            if a.name not in out:
+                if a.default is REQUIRED:
+                    self.diags.add("E204", f"`{fname}` needs argument `{a.name}`", span,
+                                   _sig_hint(fname, sig))
+                    ok = False
+                else:
+                    attrs[a.name] = a.default
+                continue
+            node, _ = out[a.name]
+            try:
+                val = self.eval(node, env)
+            except _Skip:
+                ok = False
+                continue
+            if isinstance(val, _Symbol) and not val.args and a.kind is str:
+                val = val.name
+            if isinstance(val, _Symbol) and not val.args and not val.kwargs:
+                self.diags.add("E201", f"unknown name `{val.name}`", node.span, suggest(val.name, env))
+                ok = False
+                continue
+            kinds = a.kind if isinstance(a.kind, tuple) else (a.kind,)
+            if isinstance(val, bool) and bool not in kinds or not isinstance(val, kinds):
+                want = "/".join(k.__name__ for k in kinds)
+                self.diags.add("E206", f"argument `{a.name}` of `{fname}` must be {want}, got {val!r}",
+                               node.span, _sig_hint(fname, sig))
+                ok = False
+                continue
+            if a.choices and val not in a.choices:
+                self.diags.add("E207", f"argument `{a.name}` of `{fname}` must be one of "
+                               f"{', '.join(map(str, a.choices))}, got {val!r}", node.span,
+                               suggest(str(val), map(str, a.choices)))
+                ok = False
+                continue
+            attrs[a.name] = val
+        return attrs if ok else None
+
+    def _block(self, bd: S.BlockDef, call, cur: str, outer: _Scope) -> str | None:
+        args = call.args if isinstance(call, S.Call) else ()
+        kwargs = call.kwargs if isinstance(call, S.Call) else ()
+        sig = tuple(_block_arg(p) for p in bd.params)
+        bound = self._bind(bd.name, sig, args, kwargs, outer.consts, call.span)
+        if bound is None:
+            return None
+        k = self.instances.get(bd.name, 0) + 1
+        self.instances[bd.name] = k
+        inst = f"{bd.name}.{k}"
+        self.graph.meta["blocks"].append(inst)
+        scope = _Scope({**self.consts, **bound}, {"in": cur}, inst, inst, bd.name)
+        out = self._body(bd.body, scope, bd.span, f"block `{bd.name}`")
+        self.graph.meta.setdefault("block_outputs", {})[inst] = out
+        return out
+
+    # --- losses -------------------------------------------------------------------
+    def _loss(self, d: S.LossDecl):
+        hname = st_name(d.head)
+        if hname not in self.heads:
+            self.diags.add("E201", f"unknown head `{hname}`", d.head.span,
+                           suggest(hname, self.heads) or "define it with `head NAME = ...`")
+            return
+        self.used_defs.add(hname)
+        hd = self.heads[hname]
+        opts = {}
+        allowed = ("replicate", "groups", "kind")
+        for o in d.options:
+            if o.name not in allowed:
+                self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
+                               suggest(o.name, allowed) or f"options: {', '.join(allowed)}")
+                continue
+            try:
+                opts[o.name] = self.eval(o.value, self.consts)
+            except _Skip:
+                return
+        kind = opts.get("kind", _Symbol("xent", None))
+        kind = kind.name if isinstance(kind, _Symbol) else kind
+        if kind not in LOSS_KINDS:
+            self.diags.add("E207", f"unknown loss kind `{kind}`", d.span,
+                           f"supported: {', '.join(LOSS_KINDS)}")
+            return
+        rep = opts.get("replicate", [])
+        rep = rep if isinstance(rep, list) else [rep]
+        axes = []
+        for r in rep:
+            rn = r.name if isinstance(r, _Symbol) else r
+            if rn not in REPLICATE_AXES:
+                self.diags.add("E207", f"cannot replicate over `{rn}`", d.span,
+                               suggest(str(rn), REPLICATE_AXES) or "use [patches], [groups] or [patches, groups]")
+                return
+            axes.append(rn)
+        groups = opts.get("groups", 1)
+        if "groups" in axes and "groups" not in opts:
+            self.diags.add("E204", "replicating over groups needs `groups = G`", d.span,
+                           "add `, groups = G` with the block's group count")
+            return
+        if not isinstance(groups, int) or groups < 1:
+            self.diags.add("E206", "`groups` must be a positive integer", d.span)
+            return
+        targets = self._targets(d.target)
+        if targets is None:
+            return
+        # Bind the head's parameters once per loss.
+        hsig = tuple(_block_arg(p) for p in hd.params)
+        hargs = d.head.args if isinstance(d.head, S.Call) else ()
+        hkw = d.head.kwargs if isinstance(d.head, S.Call) else ()
+        bound = self._bind(hname, hsig, hargs, hkw, self.consts, d.head.span)
+        if bound is None:
+            return
+        for where, src in targets:
+            lid = f"loss:{d.name}@{where}"
+            if lid in self.graph.losses:
+                self.diags.add("E101", f"loss `{d.name}` attached twice to `{where}`", d.span)
+                continue
+            scope = _Scope({**self.consts, **bound}, {"in": src}, lid,
+                           self.graph.node(src).block, self.graph.node(src).block_def)
+            cur = src
+            nodes = []
+            for st in hd.pipe.stages:
+                if isinstance(st, S.Repeat) or st_name(st) not in OPS:
+                    self.diags.add("E117", f"heads are made of ops; `{st_name(st)}` is not an op",
+                                   st.span, suggest(st_name(st), OPS))
+                    cur = None
+                    break
+                cur = self._op(st, cur, scope, role="head", loss=lid)
+                if cur is None:
+                    break
+                nodes.append(cur)
+            if cur is None:
+                continue
+            self.graph.add_node(lid, NodeData("loss", "loss", {"kind": kind, "name": d.name},
+                                              scope.block, scope.block_def, lid, span=d.span))
+            self.graph.add_edge(cur, lid, EdgeData(0))
+            self.graph.losses[lid] = LossInfo(lid, d.name, kind, src, nodes,
+                                              where == "output",
+                                              tuple(axes), groups, span=d.span)
+
+    def _targets(self, v: S.Value):
+        items = v.items if isinstance(v, S.List) else (v,)
+        out = []
+        insts = self.graph.meta["blocks"]
+        for it in items:
+            if not isinstance(it, S.Name):
+                self.diags.add("E206", "a loss attaches to a name: `blocks`, `output`, a block "
+                               "or a network value", it.span)
+                return None
+            n = it.id
+            if n == "blocks":
+                if not insts:
+                    self.diags.add("E118", "`on blocks` but the network has no blocks", it.span)
+                    return None
+                out += [(b, self._block_out(b)) for b in insts]
+            elif n == "output":
+                if self.graph.meta.get("output"):
+                    out.append(("output", self.graph.meta["output"]))
+            elif n in self.blocks:
+                bs = [b for b in insts if b.rsplit(".", 1)[0] == n]
+                out += [(b, self._block_out(b)) for b in bs]
+            elif n in self.net_values and n != self.graph.node("input").attrs.get("name"):
+                out.append((n, self.net_values[n]))
+            else:
+                self.diags.add("E201", f"unknown loss target `{n}`", it.span,
+                               suggest(n, ["blocks", "output", *self.blocks, *self.net_values])
+                               or "attach to `blocks`, `output`, a block name or a network value")
+                return None
+        return [(w, s) for w, s in out if s is not None]
+
+    def _block_out(self, inst: str) -> str | None:
+        return self.graph.meta.get("block_outputs", {}).get(inst)
+
+
+@dataclass(frozen=True)
+class _Symbol:
+    """A name or call that is not a number: an enum-like word (`patches`, `zeros`)."""
+
+    name: str
+    span: Span | None = None
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+
+
+def _block_arg(p: str):
+    from fgc.ops import Arg
+    return Arg(p, REQUIRED, (int, float, bool, str))
+
+
+def _sig_hint(fname, sig) -> str:
+    parts = [a.name if a.default is REQUIRED else f"{a.name}={a.default!r}" for a in sig]
+    return f"{fname}({', '.join(parts)})"
+
+
+def st_name(st) -> str:
+    return st.id if isinstance(st, S.Name) else st.func if isinstance(st, S.Call) else st_name(st.stage)
+
+
+def _refs(pipe: S.Pipe):
+    """Names a pipe reads: its first stage and value arguments (add(x))."""
+    first = pipe.stages[0]
+    if isinstance(first, S.Name):
+        yield first.id
+    for st in pipe.stages[1:]:
+        if isinstance(st, S.Call) and st.func in OPS and OPS[st.func].arity == 2:
+            if st.args and isinstance(st.args[0], S.Name):
+                yield st.args[0].id
