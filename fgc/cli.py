@@ -1,0 +1,106 @@
+"""The `fgc` command: a thin layer over the Python API.
+
+Every user error is an :class:`~fgc.errors.FgError`, printed as a message with
+exit status 1 (2 for bad command lines); a traceback means a bug in fgc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from fgc.errors import FgError
+
+
+def _cmd_check(args) -> int:
+    from fgc.program import load
+    from fgc.summary import summary_table
+    status = 0
+    for path in args.specs:
+        try:
+            prog = load(path)
+        except FgError as e:
+            print(e, file=sys.stderr)
+            status = 1
+            continue
+        if args.summary:
+            print(summary_table(prog.graph))
+        else:
+            print(f"{path}: ok ({prog.graph.num_params():,} parameters)")
+    return status
+
+
+def _cmd_fmt(args) -> int:
+    from fgc.fmt import format_spec
+    from fgc.parse import parse_file
+    status = 0
+    for path in args.specs:
+        spec = parse_file(path)
+        text = format_spec(spec)
+        if args.check:
+            if text != spec.source:
+                print(f"{path}: not in canonical form", file=sys.stderr)
+                status = 1
+        elif args.write:
+            _atomic_write(Path(path), text)
+        else:
+            sys.stdout.write(text)
+    return status
+
+
+def _cmd_viz(args) -> int:
+    from fgc.program import load
+    from fgc.viz import render
+    plan = load(args.spec).plan(args.algorithm)
+    render(plan, Path(args.output))
+    print(f"wrote {args.output}")
+    return 0
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgc", description="Compile and train local-learning "
+                                "networks declared in .fg specs.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("check", help="check specs; exit 1 with every diagnostic if invalid")
+    c.add_argument("specs", nargs="+")
+    c.add_argument("--summary", action="store_true",
+                   help="print per-layer output shapes and parameter counts")
+    c.set_defaults(fn=_cmd_check)
+
+    f = sub.add_parser("fmt", help="print specs in canonical form")
+    f.add_argument("specs", nargs="+")
+    g = f.add_mutually_exclusive_group()
+    g.add_argument("-w", "--write", action="store_true", help="rewrite the files in place")
+    g.add_argument("--check", action="store_true", help="exit 1 if a file is not canonical")
+    f.set_defaults(fn=_cmd_fmt)
+
+    v = sub.add_parser("viz", help="draw the loss/perturbation graph (.dot, .svg or .png)")
+    v.add_argument("spec")
+    v.add_argument("-o", "--output", required=True)
+    v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's)")
+    v.set_defaults(fn=_cmd_viz)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except FgError as e:
+        print(e, file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""`fgc check --summary`: per-layer output shapes and parameter counts."""
+
+from __future__ import annotations
+
+from fgc.ir import Graph
+
+
+def summary_rows(graph: Graph) -> list[tuple[str, str, str, int]]:
+    """(node id, op, output shape, parameter count) for every node, in order."""
+    rows = []
+    for nid in graph.topo():
+        d = graph.node(nid)
+        if d.role == "loss":
+            continue
+        shape = "?" if d.shape is None else "×".join(map(str, d.shape)) or "scalar"
+        rows.append((nid, d.kind, shape, d.num_params))
+    return rows
+
+
+def summary_table(graph: Graph) -> str:
+    rows = summary_rows(graph)
+    w = max(len(r[0]) for r in rows)
+    title = graph.meta.get("title") or graph.meta.get("path")
+    lines = [f"{title} ({graph.meta.get('path')})",
+             f"{'node':<{w}}  {'op':<14} {'output':>14} {'params':>12}"]
+    for nid, kind, shape, n in rows:
+        lines.append(f"{nid:<{w}}  {kind:<14} {shape:>14} {n:>12,}")
+    lines.append(f"{'total':<{w}}  {'':<14} {'':>14} {graph.num_params():>12,}")
+    return "\n".join(lines)
