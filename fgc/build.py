@@ -285,11 +285,34 @@ class Builder:
                                "write `name = x | ...` where x is the input, `in` or an earlier value")
             return None
         cur = scope.values[first.id]
-        for st in rest:
+        for i, st in enumerate(rest):
             cur = self._stage(st, cur, scope)
             if cur is None:
+                for later in rest[i + 1:]:
+                    self._lint(later, scope.consts)
                 return None
         return cur
+
+    def _lint(self, st, env: dict) -> None:
+        """Checks names and arguments of a stage that cannot be elaborated (its input
+        failed), so that its own mistakes are reported in the same run."""
+        if isinstance(st, S.Repeat):
+            st = st.stage
+        name = st_name(st)
+        args = st.args if isinstance(st, S.Call) else ()
+        kwargs = st.kwargs if isinstance(st, S.Call) else ()
+        if name in self.blocks:
+            self.used_defs.add(name)
+            sig = tuple(_block_arg(p) for p in self.blocks[name].params)
+        elif name in OPS:
+            sig = OPS[name].args
+            if OPS[name].arity == 2:
+                args = args[1:]
+        else:
+            self.diags.add("E201", f"unknown op or block `{name}`", st.span,
+                           suggest(name, list(OPS) + list(self.blocks)))
+            return
+        self._bind(name, sig, args, kwargs, env, st.span)
 
     def _stage(self, st, cur: str, scope: _Scope) -> str | None:
         count = 1
@@ -360,7 +383,7 @@ class Builder:
     def _bind(self, fname, sig, args, kwargs, env, span) -> dict | None:
         out, ok = {}, True
         if len(args) > len(sig):
-            self.diags.add("E205", f"`{fname}` takes at most {len(sig)} positional arguments, "
+            self.diags.add("E205", f"`{fname}` takes at most {len(sig)} positional argument{'s' if len(sig) != 1 else ''}, "
                            f"got {len(args)}", span, _sig_hint(fname, sig))
             return None
         for a, v in zip(sig, args):
@@ -476,7 +499,9 @@ class Builder:
             self.diags.add("E206", "`groups` must be a positive integer", d.span)
             return
         targets = self._targets(d.target)
-        if targets is None:
+        if not targets:
+            for st in hd.pipe.stages:
+                self._lint(st, {**self.consts, **{p: 1 for p in hd.params}})
             return
         # Bind the head's parameters once per loss.
         hsig = tuple(_block_arg(p) for p in hd.params)
