@@ -1,0 +1,529 @@
+"""Datasets for training: loading, validation, normalisation and batching.
+
+``load_dataset`` knows two built-in datasets, ``mnist`` and ``cifar10``, and any
+user ``.npz`` file. Built-ins are looked for, in order, in the ``data_dir``
+argument (``--data-dir``), in ``$FGC_DATA_DIR`` and through tensorflow-datasets
+(imported lazily: fgc works without it). A data directory holds ``mnist.npz``
+(the Keras layout) and/or ``cifar10-jpeg.zip`` (``train/CLASS/NNNN.jpg`` and
+``test/CLASS/NNNN.jpg``); the decoded CIFAR arrays are cached under
+``$FGC_CACHE_DIR`` (default ``~/.cache/fgc``), never in the user's data dir.
+
+Every problem with the data is raised as :class:`~fgc.errors.DataError` naming
+the file, what is wrong and how to fix it.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import sys
+import tempfile
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tqdm import tqdm
+
+from fgc.errors import DataError
+
+CIFAR10_CLASSES = (
+    "airplane", "automobile", "bird", "cat", "deer",
+    "dog", "frog", "horse", "ship", "truck",
+)  # fmt: skip
+
+# Per-channel constants on the [0, 1] scale, as used by the reference code.
+_BUILTIN_STATS = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+}
+_BUILTIN_FILES = {"mnist": "mnist.npz", "cifar10": "cifar10-jpeg.zip"}
+_BUILTIN_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
+_SPLITS = ("x_train", "y_train", "x_test", "y_test")
+# Bump when the cache layout changes so stale caches are ignored, not misread.
+_CACHE_VERSION = 1
+# What reading a damaged archive or image can raise; all become DataError.
+_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing arrays has no truth value
+class Dataset:
+    """A train/test split held in memory.
+
+    Attributes:
+      name: ``mnist``, ``cifar10``, a user file's stem, or ``synthetic``.
+      x_train: uint8 (0..255) or float32 inputs, ``[N, H, W, C]`` for images
+        (channels last) or ``[N, D]`` for feature vectors.
+      y_train: int32 labels ``[N]`` in ``0 .. num_classes - 1``.
+      x_test: as ``x_train``.
+      y_test: as ``y_train``.
+      num_classes: number of classes.
+      mean: per-channel (last axis) mean on the [0, 1] scale.
+      std: per-channel standard deviation on the [0, 1] scale.
+      source: where the data came from (a file path, ``tfds``, ...).
+    """
+
+    name: str
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    num_classes: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str
+
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        """Shape of one example: ``(H, W, C)`` for images, ``(D,)`` for features."""
+        return tuple(self.x_train.shape[1:])
+
+
+def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Dataset:
+    """Loads a built-in dataset or a user ``.npz`` file.
+
+    Args:
+      name: ``mnist``, ``cifar10``, or a path to an ``.npz`` file with keys
+        ``x_train, y_train, x_test, y_test`` and optionally ``mean``, ``std``,
+        ``num_classes``.
+      data_dir: folder holding ``mnist.npz`` / ``cifar10-jpeg.zip``; searched
+        before ``$FGC_DATA_DIR`` and tensorflow-datasets.
+
+    Returns:
+      The validated dataset.
+
+    Raises:
+      DataError: the dataset cannot be found, or is corrupt or ill-shaped.
+    """
+    key = str(name).lower()
+    if key in _BUILTIN_FILES:
+        return _load_builtin(key, data_dir)
+    path = Path(name).expanduser()
+    if path.suffix.lower() != ".npz" and not path.exists():
+        raise DataError(
+            f"unknown dataset {name!r}: expected 'mnist', 'cifar10' or a path to an .npz file "
+            f"with keys {', '.join(_SPLITS)}"
+        )
+    if not path.is_file():
+        raise DataError(f"{path}: no such file; check the path to your .npz dataset")
+    return _load_user_npz(path)
+
+
+def _load_builtin(name: str, data_dir: str | os.PathLike | None) -> Dataset:
+    """Searches data_dir, $FGC_DATA_DIR, then tfds; one error lists every place looked."""
+    filename = _BUILTIN_FILES[name]
+    tried = []
+    env_dir = os.environ.get("FGC_DATA_DIR")
+    for label, folder in (("data_dir argument (--data-dir)", data_dir), ("$FGC_DATA_DIR", env_dir)):
+        if not folder:
+            tried.append(f"{label}: not set")
+            continue
+        path = Path(folder).expanduser() / filename
+        if path.is_file():
+            # A file that is present but broken raises here rather than falling
+            # through: silently using another copy would hide the user's mistake.
+            return _load_cifar_zip(path) if name == "cifar10" else _load_mnist_npz(path)
+        why = "no such file" if Path(folder).expanduser().is_dir() else "folder does not exist"
+        tried.append(f"{label}: {path} ({why})")
+    dataset, why = _try_tfds(name)
+    if dataset is not None:
+        return dataset
+    tried.append(f"tensorflow-datasets: {why}")
+    raise DataError(
+        f"cannot find dataset {name!r}. Looked in:\n"
+        + "".join(f"  - {t}\n" for t in tried)
+        + f"To provide it, copy {filename} into a folder and pass --data-dir DIR or set "
+        f"FGC_DATA_DIR=DIR, or install tensorflow-datasets (pip install 'fgc[tfds]') "
+        f"and run with network access."
+    )
+
+
+def _try_tfds(name: str) -> tuple[Dataset | None, str]:
+    """Loads ``name`` through tensorflow-datasets; returns (dataset, '') or (None, why not)."""
+    try:
+        import tensorflow_datasets as tfds
+    except Exception as e:  # a broken TF install can raise more than ImportError
+        return None, f"not importable ({type(e).__name__}: {e})"
+    try:
+        (x_tr, y_tr), (x_te, y_te) = tfds.as_numpy(
+            tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True)
+        )
+    except Exception as e:  # download, checksum and TF errors have no common base
+        return None, f"failed ({type(e).__name__}: {e})"
+    arrays = {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
+    return _builtin_dataset(name, arrays, "tfds"), ""
+
+
+def _load_mnist_npz(path: Path) -> Dataset:
+    return _builtin_dataset("mnist", _read_npz(path, _SPLITS), str(path))
+
+
+def _builtin_dataset(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
+    """Validates a built-in's arrays against its known shape and constants."""
+    mean, std = _BUILTIN_STATS[name]
+    ds = _make_dataset(name, arrays, source, num_classes=10, mean=mean, std=std)
+    if ds.image_shape != _BUILTIN_SHAPES[name] or ds.x_train.dtype != np.uint8:
+        raise DataError(
+            f"{source}: {name} images should be uint8 of shape {_BUILTIN_SHAPES[name]}, got "
+            f"{ds.x_train.dtype} {ds.image_shape}; replace it with the original {name} data"
+        )
+    return ds
+
+
+def _load_user_npz(path: Path) -> Dataset:
+    arrays = _read_npz(path, _SPLITS, optional=("mean", "std", "num_classes"))
+    try:
+        num_classes = int(arrays["num_classes"]) if "num_classes" in arrays else None
+        mean, std = (
+            tuple(float(v) for v in np.ravel(arrays[k])) if k in arrays else None
+            for k in ("mean", "std")
+        )
+    except (TypeError, ValueError) as e:
+        raise DataError(f"{path}: bad num_classes/mean/std ({e}); store them as numbers") from None
+    return _make_dataset(path.stem, arrays, str(path), num_classes=num_classes, mean=mean, std=std)
+
+
+def _read_npz(
+    path: Path, required: tuple[str, ...], optional: tuple[str, ...] = ()
+) -> dict[str, np.ndarray]:
+    """Reads the named arrays eagerly so that damage anywhere in the file surfaces here."""
+    fix = (
+        "re-download it, or re-create it with numpy.savez(path, "
+        + ", ".join(f"{k}=..." for k in _SPLITS)
+        + ")"
+    )
+    try:
+        npz = np.load(path, allow_pickle=False)
+        if not hasattr(npz, "files"):  # np.load returns a bare array for .npy files
+            raise DataError(f"{path}: is a single .npy array, not an .npz archive; {fix}")
+        with npz:
+            missing = [k for k in required if k not in npz.files]
+            if missing:
+                raise DataError(
+                    f"{path}: missing key(s) {', '.join(missing)} (found: "
+                    f"{', '.join(npz.files) or 'none'}); {fix}"
+                )
+            return {k: npz[k] for k in (*required, *optional) if k in npz.files}
+    except _READ_ERRORS as e:
+        raise DataError(
+            f"{path}: cannot be read as an .npz archive of plain arrays ({e}); "
+            f"the file may be truncated or hold pickled objects; {fix}"
+        ) from None
+
+
+def _make_dataset(
+    name: str,
+    arrays: dict[str, np.ndarray],
+    source: str,
+    num_classes: int | None,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+) -> Dataset:
+    """Checks shapes, dtypes and labels; adds a channel axis; fills missing constants.
+
+    Raises:
+      DataError: anything is inconsistent, with the source named.
+    """
+    xs = {k: _check_inputs(source, k, arrays[k]) for k in ("x_train", "x_test")}
+    ys = {}
+    for split in ("train", "test"):
+        x, y = xs[f"x_{split}"], np.asarray(arrays[f"y_{split}"])
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise DataError(
+                f"{source}: y_{split} should be a 1-D integer array of class indices, got "
+                f"{y.dtype} of shape {y.shape}; convert one-hot labels with argmax(axis=1)"
+            )
+        if len(y) != len(x):
+            raise DataError(
+                f"{source}: x_{split} has {len(x)} examples but y_{split} has {len(y)} labels; "
+                f"they must have one label per example"
+            )
+        if len(y) == 0:
+            raise DataError(f"{source}: the {split} split is empty")
+        ys[split] = y.astype(np.int32)
+    if xs["x_train"].shape[1:] != xs["x_test"].shape[1:]:
+        raise DataError(
+            f"{source}: train examples have shape {xs['x_train'].shape[1:]} but test examples "
+            f"{xs['x_test'].shape[1:]}; both splits must have the same example shape"
+        )
+    labels = np.concatenate([ys["train"], ys["test"]])
+    num_classes = int(labels.max()) + 1 if num_classes is None else num_classes
+    if labels.min() < 0 or labels.max() >= num_classes:
+        raise DataError(
+            f"{source}: labels range over {labels.min()}..{labels.max()} but should lie in "
+            f"0..{num_classes - 1} ({num_classes} classes)"
+        )
+    channels = xs["x_train"].shape[-1]
+    if mean is None or std is None:
+        computed = _channel_stats(xs["x_train"])
+        mean = computed[0] if mean is None else mean
+        std = computed[1] if std is None else std
+    mean, std = (_per_channel(source, k, v, channels) for k, v in (("mean", mean), ("std", std)))
+    if min(std) <= 0:
+        raise DataError(f"{source}: std must be positive, got {std}")
+    return Dataset(
+        name, xs["x_train"], ys["train"], xs["x_test"], ys["test"], num_classes, mean, std, source
+    )
+
+
+def _check_inputs(source: str, key: str, x: np.ndarray) -> np.ndarray:
+    """Returns x as uint8 or float32 with a channel axis on [N, H, W] images."""
+    x = np.asarray(x)
+    if x.ndim not in (2, 3, 4):
+        raise DataError(
+            f"{source}: {key} has shape {x.shape}; expected images [N, H, W] or [N, H, W, C] "
+            f"(channels last) or feature vectors [N, D]"
+        )
+    if np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float32, copy=False)
+        if not np.isfinite(x).all():
+            raise DataError(f"{source}: {key} contains NaN or Inf values")
+    elif x.dtype != np.uint8:
+        raise DataError(
+            f"{source}: {key} has dtype {x.dtype}; store images as uint8 (0..255) or float32 (0..1)"
+        )
+    return x[..., None] if x.ndim == 3 else x
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per last-axis mean and std on the [0, 1] scale, in float64 chunks to bound memory."""
+    flat = x.reshape(-1, x.shape[-1])
+    total, total_sq = np.zeros(flat.shape[1]), np.zeros(flat.shape[1])
+    for start in range(0, len(flat), 1 << 20):
+        chunk = flat[start : start + (1 << 20)].astype(np.float64)
+        total += chunk.sum(axis=0)
+        total_sq += np.square(chunk).sum(axis=0)
+    scale = 255.0 if x.dtype == np.uint8 else 1.0
+    mean = total / len(flat)
+    std = np.sqrt(np.maximum(total_sq / len(flat) - mean**2, 0.0))
+    # A constant channel (e.g. an always-black border feature) would divide by zero.
+    std = np.where(std > 1e-12, std, scale)
+    return tuple((mean / scale).tolist()), tuple((std / scale).tolist())
+
+
+def _per_channel(
+    source: str, what: str, values: tuple[float, ...], channels: int
+) -> tuple[float, ...]:
+    """Broadcasts a single value to every channel; otherwise requires one per channel."""
+    if len(values) == 1:
+        return tuple(values) * channels
+    if len(values) != channels:
+        raise DataError(
+            f"{source}: {what} has {len(values)} values but the data has {channels} channels"
+        )
+    return tuple(values)
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("FGC_CACHE_DIR") or Path.home() / ".cache" / "fgc").expanduser()
+
+
+def _load_cifar_zip(path: Path) -> Dataset:
+    """Loads CIFAR-10 from a zip of JPEGs, decoding once and caching the arrays.
+
+    The cache is keyed by the zip's size and mtime, so replacing the zip
+    invalidates it; a damaged cache is silently rebuilt because it is ours.
+    """
+    stat = path.stat()
+    cache = _cache_dir() / f"cifar10-v{_CACHE_VERSION}-{stat.st_size}-{stat.st_mtime_ns}.npz"
+    arrays = None
+    if cache.is_file():
+        try:
+            arrays = _read_npz(cache, _SPLITS)
+        except DataError:
+            arrays = None
+    if arrays is None:
+        arrays = decode_cifar_zip(path)
+        _write_cache(cache, arrays)
+    return _builtin_dataset("cifar10", arrays, str(path))
+
+
+def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
+    """Writes atomically (temp file + rename) so a killed run never leaves a half cache."""
+    try:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)  # uncompressed: JPEG-noisy pixels barely compress
+            os.replace(tmp, cache)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+    except OSError as e:
+        # An unwritable cache only costs time on the next run; training can go on.
+        print(f"fgc: warning: could not cache decoded CIFAR-10 at {cache}: {e}", file=sys.stderr)
+
+
+def decode_cifar_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Decodes a zip of ``[PREFIX/]SPLIT/CLASS/NAME.jpg`` images into arrays.
+
+    Files are sorted by (class index, name) within each split for determinism.
+    Decoding is serial: for 32x32 JPEGs, per-image overhead dominates and a thread
+    pool measured slower on 2 cores.
+
+    Args:
+      path: the zip file.
+
+    Returns:
+      ``x_train, y_train, x_test, y_test``: uint8 ``[N, H, W, 3]`` and int32 ``[N]``.
+
+    Raises:
+      DataError: the zip is unreadable, laid out differently, or holds a bad image.
+    """
+    path = Path(path)
+    layout = "SPLIT/CLASS/NAME.jpg, SPLIT train or test, CLASS one of " + ", ".join(CIFAR10_CLASSES)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            entries: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
+            for name in zf.namelist():
+                parts = name.split("/")
+                if name.endswith("/") or "__MACOSX" in parts or parts[-1].startswith("."):
+                    continue
+                if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
+                    continue
+                if len(parts) < 3 or parts[-3] not in entries or parts[-2] not in CIFAR10_CLASSES:
+                    raise DataError(f"{path}: unexpected entry {name!r}; expected {layout}")
+                entries[parts[-3]].append((CIFAR10_CLASSES.index(parts[-2]), name))
+            arrays = {}
+            for split, items in entries.items():
+                if not items:
+                    raise DataError(f"{path}: no {split} images found; expected {layout}")
+                items.sort()
+                arrays[f"x_{split}"] = _decode_images(path, zf, [n for _, n in items], split)
+                arrays[f"y_{split}"] = np.array([c for c, _ in items], np.int32)
+            return arrays
+    except _READ_ERRORS as e:
+        raise DataError(
+            f"{path}: cannot be read as a zip of JPEGs ({e}); the file may be truncated "
+            f"or not a zip; replace it with a fresh copy of cifar10-jpeg.zip"
+        ) from None
+
+
+def _decode_images(path: Path, zf: zipfile.ZipFile, names: list[str], split: str) -> np.ndarray:
+    """Decodes every image into one preallocated array (first image fixes the shape)."""
+    out = None
+    desc = f"decoding {path.name} ({split})"
+    for i, name in enumerate(tqdm(names, desc, unit="img", disable=not sys.stderr.isatty())):
+        try:
+            with Image.open(io.BytesIO(zf.read(name))) as im:
+                pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
+        except _READ_ERRORS as e:
+            # PIL's "cannot identify" message only names an anonymous BytesIO.
+            why = "unknown image format" if isinstance(e, UnidentifiedImageError) else str(e)
+            raise DataError(
+                f"{path}: entry {name!r} is not a readable image ({why}); replace the zip"
+            ) from None
+        if out is None:
+            out = np.empty((len(names), *pixels.shape), np.uint8)
+        if pixels.shape != out.shape[1:]:
+            raise DataError(
+                f"{path}: entry {name!r} is {pixels.shape[1]}x{pixels.shape[0]} but earlier images "
+                f"are {out.shape[2]}x{out.shape[1]}; all images must have the same size"
+            )
+        out[i] = pixels
+    return out
+
+
+def normalize(x, mean: tuple[float, ...], std: tuple[float, ...]):
+    """Scales inputs to float32 ``(x / 255 - mean) / std`` per channel (last axis).
+
+    Args:
+      x: numpy or jax array; uint8 is taken as 0..255, floats as already on [0, 1].
+      mean: per-channel means on the [0, 1] scale.
+      std: per-channel standard deviations on the [0, 1] scale.
+
+    Returns:
+      A float32 array of the same kind and shape as ``x``.
+    """
+    scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    return (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+
+
+def num_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """Number of batches ``iterate_batches`` yields for ``n`` examples."""
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
+
+
+def iterate_batches(
+    x: np.ndarray,
+    y: np.ndarray,
+    batch_size: int,
+    *,
+    seed: int,
+    epoch: int,
+    shuffle: bool,
+    drop_last: bool,
+    flip: bool = False,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Yields ``(x, y)`` numpy batches for one epoch.
+
+    The order and the flips depend only on ``(seed, epoch)``, so a run resumed
+    at epoch ``e`` sees exactly the batches the original run would have.
+
+    Args:
+      x: inputs ``[N, ...]``.
+      y: labels ``[N]``.
+      batch_size: examples per batch.
+      seed: non-negative run seed.
+      epoch: non-negative epoch index.
+      shuffle: visit examples in a random order (else in stored order).
+      drop_last: skip a final batch smaller than ``batch_size``.
+      flip: mirror each image left-right with probability 1/2 (needs ``[N, H, W, C]``).
+
+    Yields:
+      Copies of the selected examples; callers may modify them.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    if flip and x.ndim != 4:
+        raise DataError(f"horizontal flips need images [N, H, W, C], got inputs of shape {x.shape}")
+    n = len(x)
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(n) if shuffle else np.arange(n)
+    flips = rng.random(n) < 0.5 if flip else None
+    for b in range(num_batches(n, batch_size, drop_last)):
+        idx = order[b * batch_size : (b + 1) * batch_size]
+        xb = x[idx]  # fancy indexing copies, so flipping in place is safe
+        if flips is not None:
+            f = flips[b * batch_size : (b + 1) * batch_size]
+            xb[f] = xb[f, :, ::-1]
+        yield xb, y[idx]
+
+
+def synthetic_dataset(
+    name: str = "synthetic",
+    n_train: int = 512,
+    n_test: int = 128,
+    image_shape: tuple[int, ...] = (8, 8, 1),
+    num_classes: int = 10,
+    seed: int = 0,
+) -> Dataset:
+    """A small learnable problem: a random uint8 prototype per class plus noise.
+
+    Args:
+      name: dataset name.
+      n_train: training examples.
+      n_test: test examples.
+      image_shape: shape of one example, e.g. ``(H, W, C)`` or ``(D,)``.
+      num_classes: number of classes (balanced).
+      seed: makes the data reproducible.
+
+    Returns:
+      The dataset, with mean/std computed from its training inputs.
+    """
+    rng = np.random.default_rng(seed)
+    prototypes = rng.uniform(32, 224, (num_classes, *image_shape))
+
+    def split(n: int) -> tuple[np.ndarray, np.ndarray]:
+        y = rng.permutation(np.arange(n) % num_classes).astype(np.int32)
+        x = prototypes[y] + rng.normal(0, 40, (n, *image_shape))
+        return np.clip(np.rint(x), 0, 255).astype(np.uint8), y
+
+    (x_tr, y_tr), (x_te, y_te) = split(n_train), split(n_test)
+    mean, std = _channel_stats(x_tr)
+    return Dataset(name, x_tr, y_tr, x_te, y_te, num_classes, mean, std, f"synthetic(seed={seed})")
