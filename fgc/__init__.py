@@ -1,0 +1,22 @@
+"""fgc: a declarative graph compiler for local-learning networks trained with forward gradients.
+
+The public API, by stage::
+
+    spec = fgc.parse_file("specs/mixer-m-8-16.fg")     # .fg text → typed syntax tree
+    prog = fgc.load("specs/mixer-m-8-16.fg")           # … → checked graph (all diagnostics)
+    plan = prog.plan("lg-fg-a")                         # an algorithm applied to it
+"""
+
+from fgc.config import Algorithm, Estimator, ParamGroup, TrainConfig, presets
+from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, Span, SpecError,
+                        TrainingError)
+from fgc.ir import EdgeData, Graph, LossInfo, NodeData
+from fgc.parse import parse, parse_file
+from fgc.program import Plan, Program, load, loads
+
+__all__ = [
+    "Algorithm", "CheckpointError", "DataError", "Diagnostic", "EdgeData", "Estimator",
+    "FgError", "Graph", "LossInfo", "NodeData", "ParamGroup", "Plan", "Program", "Span",
+    "SpecError", "TrainConfig", "TrainingError", "load", "loads", "parse", "parse_file",
+    "presets",
+]
