@@ -19,6 +19,8 @@ from fgc.ir import EdgeData, Graph, LossInfo, NodeData
 from fgc.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
 
 RESERVED_VALUES = ("in", "output", "blocks")
+MAX_INT = 10 ** 100  # larger results of arithmetic are typos (and unprintable past 4300 digits)
+MAX_REPEAT = 1000  # `block * N` instantiates N blocks; more is a typo, not a network
 
 
 class Diags:
@@ -80,14 +82,15 @@ class Builder:
         self._collect_defs()
         self._consts()
         inputs = sp.of(S.InputDecl)
+        top = sp.items[0].span if sp.items else None  # where a missing item is reported
         if not inputs:
-            self.diags.add("E102", "the spec has no `input`", None,
+            self.diags.add("E102", "the spec has no `input`", top,
                            "add e.g. `input x = image(28, 28, 1), classes = 10`")
         for extra in inputs[1:]:
             self.diags.add("E101", "a spec has one `input`", extra.span)
         nets = sp.of(S.NetworkDef)
         if not nets:
-            self.diags.add("E103", "the spec has no `network { ... }`", None,
+            self.diags.add("E103", "the spec has no `network { ... }`", top,
                            "add `network { out x | ... }`")
         for extra in nets[1:]:
             self.diags.add("E101", "a spec has one `network`", extra.span)
@@ -100,6 +103,7 @@ class Builder:
             if not sp.of(S.LossDecl):
                 self.diags.add("E110", "the spec declares no `loss`", nets[0].span,
                                "add e.g. `loss final = readout on output`")
+        self.used_defs |= _mentioned(sp)
         for name, d in {**self.blocks, **self.heads}.items():
             if name not in self.used_defs:
                 what = "block" if name in self.blocks else "head"
@@ -121,7 +125,8 @@ class Builder:
                 continue
             (self.blocks if isinstance(d, S.BlockDef) else self.heads)[d.name] = d
             if len(set(d.params)) != len(d.params):
-                self.diags.add("E101", f"`{d.name}` has a repeated parameter name", d.span)
+                dup = next(p for i, p in enumerate(d.params) if p in d.params[:i])
+                self.diags.add("E101", f"`{d.name}` has the parameter `{dup}` twice", d.span)
 
     def _consts(self):
         for c in self.spec.of(S.ConstDecl):
@@ -155,10 +160,13 @@ class Builder:
                 if not isinstance(x, (int, float)) or isinstance(x, bool):
                     self._unknown_or_type(side, x, env, "arithmetic needs numbers")
                     raise _Skip
-            if v.op == "+":
-                return a + b
-            if v.op == "*":
-                return a * b
+            if v.op in "+*":
+                r = a + b if v.op == "+" else a * b
+                if isinstance(r, int) and abs(r) > MAX_INT:
+                    self.diags.add("E202", f"the result has {len(str(abs(r)))} digits, too many",
+                                   v.span, "is an operand a typo?")
+                    raise _Skip
+                return r
             if b == 0:
                 self.diags.add("E202", "division by zero", v.span)
                 raise _Skip
@@ -184,16 +192,17 @@ class Builder:
         try:
             dims = [self.eval(a, self.consts) for a in kind.args]
         except _Skip:
-            return
+            dims = None
         shapes = {"image": 3, "vector": 1}
         if kind.func not in shapes:
             self.diags.add("E201", f"unknown input kind `{kind.func}`", kind.span,
                            suggest(kind.func, shapes) or "use image(H, W, C) or vector(D)")
-            return
-        if len(dims) != shapes[kind.func] or not all(isinstance(x, int) and x > 0 for x in dims):
+            dims = None
+        elif dims is not None and (len(dims) != shapes[kind.func]
+                                   or not all(isinstance(x, int) and x > 0 for x in dims)):
             self.diags.add("E206", f"{kind.func}(...) takes {shapes[kind.func]} positive integers",
                            kind.span, "e.g. image(28, 28, 1) or vector(784)")
-            return
+            dims = None
         opts = {}
         for o in d.options:
             if o.name not in ("classes", "normalize"):
@@ -212,9 +221,10 @@ class Builder:
         norm = opts.get("normalize")
         self.consts.setdefault("classes", classes)
         self.graph.meta["classes"] = classes
-        self.graph.meta["input_shape"] = list(dims)
+        self.graph.meta["input_shape"] = list(dims) if dims is not None else None
         self.graph.meta["normalize"] = norm.name if isinstance(norm, _Symbol) else norm
-        self.graph.add_node("input", NodeData("input", "input", {"name": d.name}, shape=tuple(dims),
+        self.graph.add_node("input", NodeData("input", "input", {"name": d.name},
+                                              shape=tuple(dims) if dims is not None else None,
                                               span=d.span))
         self.net_values[d.name] = "input"
 
@@ -237,7 +247,9 @@ class Builder:
                                    "each name is assigned once; pick a new name")
                     continue
                 if s.name in RESERVED_VALUES or s.name in scope.consts:
-                    self.diags.add("E109", f"`{s.name}` is a reserved or constant name", s.span)
+                    what = "a reserved name" if s.name in RESERVED_VALUES else "a constant"
+                    self.diags.add("E109", f"`{s.name}` is {what}, not a new value", s.span,
+                                   "pick another name")
                     continue
                 assigns[s.name] = s
         deps = nx.DiGraph()
@@ -256,9 +268,7 @@ class Builder:
         except nx.NetworkXNoCycle:
             pass
         for name in nx.lexicographical_topological_sort(deps, key=lambda n: list(assigns).index(n)):
-            nid = self._pipe(assigns[name].pipe, scope)
-            if nid is not None:
-                scope.values[name] = nid
+            scope.values[name] = self._pipe(assigns[name].pipe, scope)  # None: failed
         if len(outs) != 1:
             self.diags.add("E104", f"{where} needs exactly one `out` statement, found {len(outs)}",
                            span if not outs else outs[1].span, "end it with `out <pipe>`")
@@ -285,15 +295,19 @@ class Builder:
                                "write `name = x | ...` where x is the input, `in` or an earlier value")
             return None
         cur = scope.values[first.id]
+        if cur is None:  # the value failed; its error is reported already
+            for later in rest:
+                self._lint(later, scope.consts, scope.values)
+            return None
         for i, st in enumerate(rest):
             cur = self._stage(st, cur, scope)
             if cur is None:
                 for later in rest[i + 1:]:
-                    self._lint(later, scope.consts)
+                    self._lint(later, scope.consts, scope.values)
                 return None
         return cur
 
-    def _lint(self, st, env: dict) -> None:
+    def _lint(self, st, env: dict, values=()) -> None:
         """Checks names and arguments of a stage that cannot be elaborated (its input
         failed), so that its own mistakes are reported in the same run."""
         if isinstance(st, S.Repeat):
@@ -301,6 +315,8 @@ class Builder:
         name = st_name(st)
         args = st.args if isinstance(st, S.Call) else ()
         kwargs = st.kwargs if isinstance(st, S.Call) else ()
+        if name in self.heads or name in values:
+            return  # misuse, but only reported on elaborated pipes (E113, E116)
         if name in self.blocks:
             self.used_defs.add(name)
             sig = tuple(_block_arg(p) for p in self.blocks[name].params)
@@ -324,6 +340,10 @@ class Builder:
                 return None
             if count < 1:
                 self.diags.add("E114", "repeat count must be at least 1", st.span)
+                return None
+            if count > MAX_REPEAT:
+                self.diags.add("E114", f"repeat count {count} is over the limit of {MAX_REPEAT}",
+                               st.span)
                 return None
         name = st_name(st)
         if isinstance(st, S.Name) and name in scope.values:
@@ -366,6 +386,8 @@ class Builder:
             if ref.id not in scope.values:
                 self.diags.add("E201", f"unknown value `{ref.id}`", ref.span,
                                suggest(ref.id, scope.values))
+                return None
+            if scope.values[ref.id] is None:  # failed earlier, already reported
                 return None
             operands.append(scope.values[ref.id])
             args = args[1:]
@@ -474,10 +496,11 @@ class Builder:
                 opts[o.name] = self.eval(o.value, self.consts)
             except _Skip:
                 return
+        where = {o.name: o.value.span for o in d.options}  # point at the bad option
         kind = opts.get("kind", _Symbol("xent", None))
         kind = kind.name if isinstance(kind, _Symbol) else kind
         if kind not in LOSS_KINDS:
-            self.diags.add("E207", f"unknown loss kind `{kind}`", d.span,
+            self.diags.add("E207", f"unknown loss kind `{kind}`", where.get("kind", d.span),
                            f"supported: {', '.join(LOSS_KINDS)}")
             return
         rep = opts.get("replicate", [])
@@ -486,7 +509,7 @@ class Builder:
         for r in rep:
             rn = r.name if isinstance(r, _Symbol) else r
             if rn not in REPLICATE_AXES:
-                self.diags.add("E207", f"cannot replicate over `{rn}`", d.span,
+                self.diags.add("E207", f"cannot replicate over `{rn}`", where.get("replicate", d.span),
                                suggest(str(rn), REPLICATE_AXES) or "use [patches], [groups] or [patches, groups]")
                 return
             axes.append(rn)
@@ -496,7 +519,7 @@ class Builder:
                            "add `, groups = G` with the block's group count")
             return
         if not isinstance(groups, int) or groups < 1:
-            self.diags.add("E206", "`groups` must be a positive integer", d.span)
+            self.diags.add("E206", "`groups` must be a positive integer", where.get("groups", d.span))
             return
         targets = self._targets(d.target)
         if not targets:
@@ -605,3 +628,14 @@ def _refs(pipe: S.Pipe):
         if isinstance(st, S.Call) and st.func in OPS and OPS[st.func].arity == 2:
             if st.args and isinstance(st.args[0], S.Name):
                 yield st.args[0].id
+
+
+def _mentioned(spec: S.SpecFile) -> set[str]:
+    """Names used as pipe stages or loss heads anywhere in the spec."""
+    out = {st_name(l.head) for l in spec.of(S.LossDecl)}
+    pipes = [h.pipe for h in spec.of(S.HeadDef)]
+    for d in spec.of(S.BlockDef) + spec.of(S.NetworkDef):
+        pipes += [s.pipe for s in d.body]
+    for p in pipes:
+        out |= {st_name(st) for st in p.stages}
+    return out

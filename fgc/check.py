@@ -26,7 +26,7 @@ def _check_losses(graph: Graph, diags: Diags) -> None:
         last = heads[-1] if heads else src
         if last.shape is not None and classes and last.shape != (classes,):
             diags.add("E401", f"head of loss `{loss.name}` gives shape {list(last.shape)}, "
-                      f"but the loss needs ({classes},) logits", loss.span,
+                      f"but the loss needs [{classes}] (one logit per class)", loss.span,
                       f"end the head with linear(classes) and pool patches before it")
         if src.shape is None:
             continue

@@ -190,8 +190,9 @@ def algorithm_from(sec: S.Section, d: Diags, source: str = "preset") -> Algorith
     if "greedy" in st:
         if not isinstance(st["greedy"], S.Bool):
             d.add("E206", "greedy must be true or false", st["greedy"].span)
-            return None
-        kw["greedy"] = st["greedy"].value
+            kw["greedy"] = None  # keep checking the other settings
+        else:
+            kw["greedy"] = st["greedy"].value
     if "estimator" in st:
         kw["estimator"] = estimator_from(st["estimator"], d)
     if any(v is None for v in kw.values()):
@@ -229,11 +230,11 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
     import optax
     fn = getattr(optax, c.name)
     params = inspect.signature(fn).parameters
-    for k, _ in c.kwargs:
-        if k not in params:
-            d.add("E203", f"optax.{c.name} has no argument `{k}`", span,
-                  suggest(k, params) or f"arguments: {', '.join(params)}")
-    if "learning_rate" in params and "learning_rate" not in c.as_dict():
+    unknown = [k for k, _ in c.kwargs if k not in params]
+    for k in unknown:
+        d.add("E203", f"optax.{c.name} has no argument `{k}`", span,
+              suggest(k, params) or f"arguments: {', '.join(params)}")
+    if "learning_rate" in params and "learning_rate" not in c.as_dict() and not unknown:
         d.add("E204", f"optax.{c.name} needs learning_rate", span,
               f"e.g. {c.name}(learning_rate = 0.01)")
 

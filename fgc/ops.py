@@ -80,12 +80,19 @@ def _need_rank(s: Shape, ranks: tuple[int, ...], what: str) -> None:
         raise ShapeError(f"{what} needs {want}, got shape {list(s)}")
 
 
+def _positive(a: dict, *names: str) -> None:
+    for name in names:
+        if a[name] <= 0:
+            raise ShapeError(f"{name} must be positive, got {a[name]}", code="E303")
+
+
 def _divides(n: int, g: int, what: str, of: str) -> None:
     if g <= 0 or n % g:
-        ok = [d for d in range(1, n + 1) if n % d == 0]
-        near = min(ok, key=lambda d: abs(d - g))
+        # (no example divisor for absurd widths: the search would take forever)
+        ok = [d for d in range(1, n + 1) if n % d == 0] if n <= 1_000_000 else []
+        near = min(ok, key=lambda d: abs(d - g)) if ok else None
         raise ShapeError(f"{what} {g} does not divide {of} {n}",
-                         f"use a divisor of {n}, e.g. {near}", code="E302")
+                         f"use a divisor of {n}" + (f", e.g. {near}" if ok else ""), code="E302")
 
 
 # --- shape ops ----------------------------------------------------------------
@@ -95,6 +102,7 @@ def _divides(n: int, g: int, what: str, of: str) -> None:
 def _patchify(ins, a):
     (s,) = ins
     _need_rank(s, (3,), "patchify")
+    _positive(a, "per_side")
     h, w, c = s
     n = a["per_side"]
     _divides(h, n, "patches per side", "image height")
@@ -154,6 +162,7 @@ def _group_linear_params(s, a):
 def _group_linear(ins, a):
     (s,) = ins
     _need_rank(s, (1, 2), "group_linear")
+    _positive(a, "out")
     _divides(s[-1], a["groups"], "group count", "input width")
     _divides(a["out"], a["groups"], "group count", "output width")
     return s[:-1] + (a["out"],)
@@ -194,6 +203,7 @@ def _spatial_out(n: int, k: int, stride: int, padding: str) -> int:
 def _conv(ins, a):
     (s,) = ins
     _need_rank(s, (3,), "conv")
+    _positive(a, "out", "kernel", "stride")
     h, w, _ = s
     oh, ow = (_spatial_out(n, a["kernel"], a["stride"], a["padding"]) for n in (h, w))
     if oh <= 0 or ow <= 0:
@@ -204,6 +214,9 @@ def _conv(ins, a):
 def _pool(ins, a):
     (s,) = ins
     _need_rank(s, (3,), "pooling")
+    _positive(a, "size")
+    if a["stride"] < 0:  # 0 means "same as size"
+        raise ShapeError(f"stride must be positive, got {a['stride']}", code="E303")
     k, st = a["size"], a["stride"] or a["size"]
     h, w, c = s
     oh, ow = (_spatial_out(n, k, st, a["padding"]) for n in (h, w))

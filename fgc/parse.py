@@ -13,6 +13,19 @@ from fgc import syntax as S
 from fgc.errors import Diagnostic, FgError, Span, SpecError
 
 MAX_SPEC_BYTES = 1_000_000  # a real spec is a few KB; larger input is a mistake
+MAX_NESTING = 100  # deeper syntax trees (`[[[[...`, `1+1+...`) would overflow the stack
+MAX_NUMBER_CHARS = 100  # longer literals are typos (and Python cannot print > 4300 digits)
+
+
+class _LongNumber(Exception):
+    def __init__(self, tok):
+        self.tok = tok
+
+
+def _check_length(tok) -> str:
+    if len(tok) > MAX_NUMBER_CHARS:
+        raise _LongNumber(tok)
+    return str(tok)
 
 # Friendly names for the grammar's terminals, used in "expected ..." messages.
 _TOKEN_NAMES = {
@@ -64,7 +77,7 @@ class _ToAst(Transformer):
     # values
     def number(self, meta, c):
         (tok,) = c
-        text = str(tok)
+        text = _check_length(tok)
         is_int = not any(ch in text for ch in ".eE")
         return S.Number(int(text) if is_int else float(text), self._s(meta))
 
@@ -105,7 +118,7 @@ class _ToAst(Transformer):
 
     # dataflow
     def repeat(self, meta, c):
-        return S.Repeat(c[0], int(c[1]), self._s(meta))
+        return S.Repeat(c[0], int(_check_length(c[1])), self._s(meta))
 
     def pipe(self, meta, c):
         return S.Pipe(tuple(c), self._s(meta))
@@ -175,8 +188,11 @@ def _syntax_error(exc: lark.exceptions.LarkError, path: str, text: str) -> SpecE
     if isinstance(exc, lark.exceptions.UnexpectedToken):
         tok = exc.token
         if tok.type == "$END":
-            lines = text.splitlines() or [""]
-            line, col = len(lines), len(lines[-1]) + 1
+            if tok.end_line:  # lark places $END at the last token: point just after it
+                line, col = tok.end_line, tok.end_column
+            else:
+                lines = text.split("\n")
+                line, col = len(lines), len(lines[-1]) + 1
             msg, code = "unexpected end of file", "E001"
         else:
             msg, code = f"unexpected {_describe(tok)}", "E002"
@@ -184,9 +200,13 @@ def _syntax_error(exc: lark.exceptions.LarkError, path: str, text: str) -> SpecE
         if hint:
             hint = hint[0].upper() + hint[1:]
     elif isinstance(exc, lark.exceptions.UnexpectedCharacters):
-        ch = text.splitlines()[line - 1][col - 1] if text.splitlines() else "?"
+        ch = exc.char if getattr(exc, "char", None) else "?"
         msg, code = f"unexpected character {ch!r}", "E003"
         hint = "names are letters, digits, `_` and `-`; strings use double quotes"
+        if ch == '"':
+            msg, hint = "unterminated string", 'close it with `"` on the same line'
+        elif ch == "'":
+            hint = 'strings use double quotes: "..."'
     else:  # pragma: no cover - lark raises only the two above for LALR
         msg, code, hint = str(exc), "E002", None
     span = Span(path, line, col, line, col + 1)
@@ -213,10 +233,12 @@ def decode(data: bytes, path: str) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        col = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        # the column counts characters; what precedes the bad byte is valid UTF-8
+        col = len(data[data.rfind(b"\n", 0, e.start) + 1: e.start].decode("utf-8")) + 1
         raise SpecError([Diagnostic("E007", f"invalid UTF-8 byte 0x{data[e.start]:02x}",
                                     Span(path, line, col, line, col + 1),
-                                    "save the spec as UTF-8")]) from None
+                                    "save the spec as UTF-8")],
+                        data.decode("utf-8", "replace")) from None
     if not text.strip() or all(l.strip().startswith("#") or not l.strip() for l in text.splitlines()):
         fail("E004", "spec is empty", "a spec needs at least an `input` and a `network { ... }`")
     return text.removeprefix("\ufeff")
@@ -228,8 +250,9 @@ def parse(text: str, path: str = "<spec>") -> S.SpecFile:
     Raises:
       SpecError: with ``path:line:col`` of the first syntax error.
     """
-    if not text.strip():
-        decode(text.encode(), path)  # raises the empty-spec error
+    if not text.strip() or all(not l.strip() or l.strip().startswith("#")
+                               for l in text.splitlines()):
+        decode(text.encode("utf-8", "replace"), path)  # raises the empty-spec error
     try:
         tree = _parser().parse(text)
     except lark.exceptions.UnexpectedInput as exc:
@@ -237,8 +260,35 @@ def parse(text: str, path: str = "<spec>") -> S.SpecFile:
     except lark.exceptions.LarkError as exc:  # pragma: no cover - defensive
         raise SpecError([Diagnostic("E002", str(exc).splitlines()[0], Span(path, 1, 1, 1, 2))],
                         text) from None
-    items = _ToAst(path).transform(tree)
+    deep = _too_deep(tree)
+    if deep is not None:
+        m = deep.meta
+        line, col = (1, 1) if getattr(m, "empty", True) else (m.line, m.column)
+        raise SpecError([Diagnostic("E002", f"expression nested more than {MAX_NESTING} levels deep",
+                                    Span(path, line, col, line, col + 1),
+                                    "split it up with `const` definitions")], text)
+    try:
+        items = _ToAst(path).transform(tree)
+    except lark.exceptions.VisitError as e:
+        if not isinstance(e.orig_exc, _LongNumber):
+            raise
+        tok = e.orig_exc.tok
+        raise SpecError([Diagnostic("E002", f"a number of {len(tok):,} characters",
+                                    _tok_span(path, tok),
+                                    f"numbers have at most {MAX_NUMBER_CHARS} characters")],
+                        text) from None
     return S.SpecFile(items, path, text)
+
+
+def _too_deep(tree: lark.Tree) -> lark.Tree | None:
+    """The first subtree nested deeper than MAX_NESTING, found without recursion."""
+    stack = [(tree, 1)]
+    while stack:
+        t, depth = stack.pop()
+        if depth > MAX_NESTING:
+            return t
+        stack.extend((c, depth + 1) for c in t.children if isinstance(c, lark.Tree))
+    return None
 
 
 def parse_file(path: str | Path) -> S.SpecFile:

@@ -28,10 +28,12 @@ def infer_shapes(graph: Graph, diags) -> None:
             d.params = {k: tuple(v) for k, v in opdef.params(ins[0], d.attrs).items()}
         except ShapeError as e:
             msg = str(e)
+            if not msg.startswith(d.kind):  # "conv needs an image", not "conv: conv needs ..."
+                msg = f"{d.kind}: {msg}"
             if d.kind == "add":
                 a, b = graph.inputs(nid)
                 msg += f" (from `{a}` and `{b}`)"
-            diags.add(e.code, f"{d.kind}: {msg}", d.span, e.hint)
+            diags.add(e.code, msg, d.span, e.hint)
 
 
 def mixing_downstream(graph: Graph, start: str, stop: set[str]) -> tuple[bool, int | None]:

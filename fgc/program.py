@@ -59,20 +59,31 @@ class Program:
         algo = self.algorithms[name]
         g = self.graph.copy()
         d = Diags()
+        # Where to point: the spec's `algorithm = ...` when the name comes from it,
+        # else the losses (E504, E505) or the network (E506).
+        trains = [s for s in self.spec.of(S.Section) if s.kind == "train"]
+        chosen = trains[0].get("algorithm") if trains else None
+        nets = self.spec.of(S.NetworkDef)
+        net_span = nets[0].span if nets else None
+        losses = self.spec.of(S.LossDecl)
+        if chosen is not None and (algorithm is None or algorithm == self.train.algorithm):
+            loss_span = net_span = chosen.span
+        else:
+            loss_span = losses[0].span if losses else net_span
         _mark_stops(g, algo)
         groups, assignment = _assign_groups(g, self.groups, d)
         if algo.target == "global" and not any(l.final for l in g.losses.values()):
             d.add("E504", f"algorithm `{name}` trains from the final loss, but no loss is on `output`",
-                  None, "add `loss final = readout on output`")
+                  loss_span, "add `loss final = readout on output`")
         if algo.target == "local" and not any(not l.final for l in g.losses.values()):
             d.add("E505", f"algorithm `{name}` trains from local losses, but the spec has none",
-                  None, "add e.g. `loss local = head on blocks`")
+                  loss_span, "add e.g. `loss local = head on blocks`")
         for grp in groups.values():
             est = grp.estimator or algo.estimator
             if est.kind == "forward" and est.perturb == "activity" and _owns_backbone(g, assignment, grp.name):
                 if not any(g.node(n).kind == "perturb" for n in g.g):
                     d.add("E506", f"algorithm `{name}` perturbs activities, but the network has "
-                          "no `perturb` site", None,
+                          "no `perturb` site", net_span,
                           "add `| perturb |` after each post-linear norm, before the activation")
                     break
         if d:
