@@ -1,0 +1,485 @@
+"""How each op runs: one small Equinox module per op kind, registered by kind.
+
+:mod:`fgc.ops` says *what* an op is (arguments, shapes, parameters, locality);
+this module says *how* it runs. :func:`make_layer` dispatches on the op kind
+through the registry that :func:`register` fills, and names any kind nobody
+registered, so adding an op to the table without a lowering fails loudly.
+
+Every layer works on a batch: ``x`` has a leading batch axis in front of the
+per-example shape of :mod:`fgc.ops` (images ``[B, H, W, C]``, patches
+``[B, P, D]``, vectors ``[B, D]``). Parameters have exactly the names and
+shapes of the op's ``params`` rule (``weight``, ``bias``, ``scale``, ``shift``).
+
+Initialisation follows Ren et al. (2023) as released: weights
+``N(0, 1) * min(2 / sqrt(fan_in), 0.1)`` with ``fan_in`` the number of inputs
+feeding one output unit (``in`` for dense, ``in / G`` for group-linear, ``P``
+for token mixing, ``k * k * C_in`` for a convolution), biases zero, and
+``init = zeros`` zero weights (the readout). Norm scales start at one, shifts
+at zero.
+
+Example:
+    >>> import jax, jax.numpy as jnp
+    >>> layer = make_layer("dense", {"out": 4, "bias": True, "init": "default"},
+    ...                    [(3,)], key=jax.random.key(0))
+    >>> layer(jnp.ones((2, 3))).shape
+    (2, 4)
+"""
+
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float, PRNGKeyArray
+
+Shape = tuple[int, ...]
+
+__all__ = [
+    "AbstractLayer", "Activation", "Add", "AvgPool", "BatchNorm", "Conv", "Dense", "Flatten",
+    "GlobalAvgPool", "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "MaxPool", "MeanPatches",
+    "Patchify", "Perturb", "StopGrad", "TokenMix", "init_std", "make_layer", "register",
+]
+
+LAYERS: dict[str, type["AbstractLayer"]] = {}
+"""Op kind → the layer class that runs it (filled by :func:`register`)."""
+
+
+def register(*kinds: str) -> Callable[[type], type]:
+    """Class decorator: the layer runs ops of these kinds.
+
+    Example:
+        >>> @register("my_op")  # doctest: +SKIP
+        ... class MyOp(AbstractLayer): ...
+    """
+
+    def deco(cls: type) -> type:
+        for kind in kinds:
+            if kind in LAYERS:
+                raise ValueError(f"op `{kind}` is already lowered by {LAYERS[kind].__name__}")
+            LAYERS[kind] = cls
+        return cls
+
+    return deco
+
+
+def make_layer(kind: str, attrs: dict, in_shapes: list[Shape], *, key: PRNGKeyArray,
+               dtype=jnp.float32) -> "AbstractLayer":
+    """Builds the layer for one op.
+
+    Args:
+      kind: the op name (``dense``, ``layernorm`` ...).
+      attrs: the op's evaluated arguments (``NodeData.attrs``).
+      in_shapes: per-example shapes of its operands, in port order.
+      key: PRNG key for the weights.
+      dtype: parameter dtype.
+
+    Returns:
+      A module mapping batched operands to the batched output.
+
+    Raises:
+      NotImplementedError: no layer is registered for ``kind``.
+    """
+    cls = LAYERS.get(kind)
+    if cls is None:
+        raise NotImplementedError(
+            f"no lowering is registered for op `{kind}`; add a layer class to fgc/modules.py "
+            f"decorated with @register({kind!r}) (registered: {', '.join(sorted(LAYERS))})")
+    return cls.build(kind, attrs, list(in_shapes), key=key, dtype=dtype)
+
+
+def init_std(fan_in: int) -> float:
+    """Weight scale of Ren et al.: ``min(2 / sqrt(fan_in), 0.1)``."""
+    return min(2.0 / math.sqrt(fan_in), 0.1)
+
+
+def _weight(key, shape: Shape, fan_in: int, init: str, dtype) -> Array:
+    if init == "zeros":
+        return jnp.zeros(shape, dtype)
+    if init != "default":
+        raise ValueError(f"unknown init `{init}` (known: default, zeros)")
+    return jax.random.normal(key, shape, dtype) * init_std(fan_in)
+
+
+def _bias(attrs: dict, shape: Shape, dtype) -> Array | None:
+    return jnp.zeros(shape, dtype) if attrs.get("bias", True) else None
+
+
+class AbstractLayer(eqx.Module):
+    """One op, batched. Concrete layers are final; each builds itself from op attributes."""
+
+    @classmethod
+    @abc.abstractmethod
+    def build(cls, kind: str, attrs: dict, in_shapes: list[Shape], *, key: PRNGKeyArray,
+              dtype) -> "AbstractLayer":
+        """Makes the layer for an op of ``kind`` with ``attrs`` on operands of ``in_shapes``."""
+
+    @abc.abstractmethod
+    def __call__(self, *xs: Array) -> Array:
+        """Applies the op to batched operands."""
+
+
+# --- linear layers -----------------------------------------------------------------------
+
+@register("dense", "linear")
+class Dense(AbstractLayer):
+    """``x @ weight + bias`` on the last axis, shared over patches."""
+
+    weight: Float[Array, "d_in d_out"]
+    bias: Float[Array, " d_out"] | None
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        d_in = in_shapes[0][-1]
+        shape = (d_in, attrs["out"])
+        return cls(_weight(key, shape, d_in, attrs.get("init", "default"), dtype),
+                   _bias(attrs, (attrs["out"],), dtype))
+
+    def __check_init__(self):
+        if self.weight.ndim != 2:
+            raise ValueError(f"dense weight must be [in, out], got {self.weight.shape}")
+
+    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        y = x @ self.weight
+        return y if self.bias is None else y + self.bias
+
+
+@register("group_linear")
+class GroupLinear(AbstractLayer):
+    """``G`` independent linear maps, one per contiguous channel group."""
+
+    weight: Float[Array, "groups g_in g_out"]
+    bias: Float[Array, "groups g_out"] | None
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        g = attrs["groups"]
+        shape = (g, in_shapes[0][-1] // g, attrs["out"] // g)
+        return cls(_weight(key, shape, shape[1], attrs.get("init", "default"), dtype),
+                   _bias(attrs, (g, shape[2]), dtype))
+
+    def __check_init__(self):
+        if self.weight.ndim != 3:
+            raise ValueError(f"group_linear weight must be [G, in/G, out/G], got {self.weight.shape}")
+
+    def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
+        g, g_in, g_out = self.weight.shape
+        xg = x.reshape(*x.shape[:-1], g, g_in)
+        y = jnp.einsum("...gi,gio->...go", xg, self.weight)
+        if self.bias is not None:
+            y = y + self.bias
+        return y.reshape(*x.shape[:-1], g * g_out)
+
+
+@register("token_mix")
+class TokenMix(AbstractLayer):
+    """Linear over the patch axis, shared by all channels:
+    ``out[n, p, c] = sum_q x[n, q, c] weight[q, p] + bias[p]``."""
+
+    weight: Float[Array, "patches patches"]
+    bias: Float[Array, " patches"] | None
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        p = in_shapes[0][0]
+        return cls(_weight(key, (p, p), p, attrs.get("init", "default"), dtype),
+                   _bias(attrs, (p,), dtype))
+
+    def __call__(self, x: Float[Array, "batch patches channels"]) -> Float[Array, "batch patches channels"]:
+        y = jnp.einsum("nqc,qp->npc", x, self.weight)
+        return y if self.bias is None else y + self.bias[:, None]
+
+
+@register("conv")
+class Conv(AbstractLayer):
+    """2-D convolution, NHWC activations and HWIO weights."""
+
+    weight: Float[Array, "k k c_in c_out"]
+    bias: Float[Array, " c_out"] | None
+    stride: int = eqx.field(static=True)
+    padding: str = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        k, c_in = attrs["kernel"], in_shapes[0][-1]
+        shape = (k, k, c_in, attrs["out"])
+        return cls(_weight(key, shape, k * k * c_in, attrs.get("init", "default"), dtype),
+                   _bias(attrs, (attrs["out"],), dtype), attrs["stride"], attrs["padding"])
+
+    def __check_init__(self):
+        if self.padding not in ("same", "valid"):
+            raise ValueError(f"conv padding must be same or valid, got {self.padding!r}")
+
+    def __call__(self, x: Float[Array, "batch h w c_in"]) -> Float[Array, "batch oh ow c_out"]:
+        dtype = jnp.result_type(x, self.weight)  # lax.conv does not promote
+        y = jax.lax.conv_general_dilated(
+            x.astype(dtype), self.weight.astype(dtype), (self.stride, self.stride), self.padding.upper(),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        return y if self.bias is None else y + self.bias
+
+
+# --- normalisation -----------------------------------------------------------------------
+
+def _standardize(x: Array, axes: tuple[int, ...], eps: float) -> Array:
+    # Mean and mean of squares, var = E[x^2] - E[x]^2, as the released code does;
+    # the clamp only guards rounding below zero.
+    mean = jnp.mean(x, axis=axes, keepdims=True)
+    msq = jnp.mean(jnp.square(x), axis=axes, keepdims=True)
+    var = jnp.maximum(msq - jnp.square(mean), 0.0)
+    return (x - mean) * jax.lax.rsqrt(var + eps)
+
+
+def _affine(attrs: dict, width: int, dtype) -> tuple[Array | None, Array | None]:
+    if attrs.get("affine"):
+        return jnp.ones((width,), dtype), jnp.zeros((width,), dtype)
+    return None, None
+
+
+class _AbstractNorm(AbstractLayer):
+    """Shared fields of the normalisations; ``scale``/``shift`` only when affine."""
+
+    scale: eqx.AbstractVar[Float[Array, " channels"] | None]
+    shift: eqx.AbstractVar[Float[Array, " channels"] | None]
+
+    def _apply_affine(self, y: Array) -> Array:
+        if self.scale is not None:
+            y = y * self.scale + self.shift
+        return y
+
+
+@register("layernorm")
+class LayerNorm(_AbstractNorm):
+    """Normalises each example's channels (per patch), within ``groups`` contiguous groups."""
+
+    scale: Float[Array, " channels"] | None
+    shift: Float[Array, " channels"] | None
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(*_affine(attrs, in_shapes[0][-1], dtype), attrs.get("groups", 1),
+                   float(attrs.get("eps", 1e-5)))
+
+    def __call__(self, x: Float[Array, "*batch c"]) -> Float[Array, "*batch c"]:
+        c = x.shape[-1]
+        xg = x.reshape(*x.shape[:-1], self.groups, c // self.groups)
+        y = _standardize(xg, (-1,), self.eps).reshape(x.shape)
+        return self._apply_affine(y)
+
+
+@register("groupnorm")
+class GroupNorm(_AbstractNorm):
+    """Normalises each example over all positions and the channels of each group."""
+
+    scale: Float[Array, " channels"] | None
+    shift: Float[Array, " channels"] | None
+    groups: int = eqx.field(static=True)
+    eps: float = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(*_affine(attrs, in_shapes[0][-1], dtype), attrs["groups"],
+                   float(attrs.get("eps", 1e-5)))
+
+    def __call__(self, x: Float[Array, "batch *pos c"]) -> Float[Array, "batch *pos c"]:
+        c = x.shape[-1]
+        xg = x.reshape(*x.shape[:-1], self.groups, c // self.groups)
+        axes = tuple(range(1, x.ndim - 1)) + (-1,)  # positions and in-group channels
+        return self._apply_affine(_standardize(xg, axes, self.eps).reshape(x.shape))
+
+
+@register("batchnorm")
+class BatchNorm(_AbstractNorm):
+    """Normalises each channel over the batch and all positions.
+
+    Training mode only: it always uses the statistics of the batch it is given
+    and keeps no running averages, so evaluation in small or single-example
+    batches differs from evaluation in training-sized batches.
+    """
+
+    scale: Float[Array, " channels"] | None
+    shift: Float[Array, " channels"] | None
+    eps: float = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(*_affine(attrs, in_shapes[0][-1], dtype), float(attrs.get("eps", 1e-5)))
+
+    def __call__(self, x: Float[Array, "batch *pos c"]) -> Float[Array, "batch *pos c"]:
+        return self._apply_affine(_standardize(x, tuple(range(x.ndim - 1)), self.eps))
+
+
+# --- pooling and shape ----------------------------------------------------------------------
+
+class _AbstractPool(AbstractLayer):
+    size: eqx.AbstractVar[int]
+    stride: eqx.AbstractVar[int]
+    padding: eqx.AbstractVar[str]
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(attrs["size"], attrs["stride"] or attrs["size"], attrs["padding"])
+
+    def _window(self, x: Array, init, op) -> Array:
+        return jax.lax.reduce_window(x, init, op, (1, self.size, self.size, 1),
+                                     (1, self.stride, self.stride, 1), self.padding.upper())
+
+
+@register("maxpool")
+class MaxPool(_AbstractPool):
+    """Max over ``size``×``size`` windows of an NHWC image."""
+
+    size: int = eqx.field(static=True)
+    stride: int = eqx.field(static=True)
+    padding: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch oh ow c"]:
+        return self._window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max)
+
+
+@register("avgpool")
+class AvgPool(_AbstractPool):
+    """Mean over ``size``×``size`` windows; with ``same`` padding, of the in-image entries only."""
+
+    size: int = eqx.field(static=True)
+    stride: int = eqx.field(static=True)
+    padding: str = eqx.field(static=True)
+
+    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch oh ow c"]:
+        zero = jnp.array(0, x.dtype)
+        total = self._window(x, zero, jax.lax.add)
+        if self.padding == "valid":
+            return total / (self.size * self.size)
+        count = self._window(jnp.ones((1, *x.shape[1:3], 1), x.dtype), zero, jax.lax.add)
+        return total / count
+
+
+@register("global_avgpool")
+class GlobalAvgPool(AbstractLayer):
+    """Mean over the positions of an image: ``[B, H, W, C] → [B, C]``."""
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch c"]:
+        return jnp.mean(x, axis=(1, 2))
+
+
+@register("mean")
+class MeanPatches(AbstractLayer):
+    """Mean over patches (or image positions): ``[B, P, D] → [B, D]``."""
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Float[Array, "batch *pos d"]) -> Float[Array, "batch d"]:
+        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
+
+
+@register("flatten")
+class Flatten(AbstractLayer):
+    """Everything but the batch axis into one axis (row-major)."""
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Float[Array, "batch *rest"]) -> Float[Array, "batch d"]:
+        return x.reshape(x.shape[0], -1)
+
+
+@register("patchify")
+class Patchify(AbstractLayer):
+    """Cuts ``[B, H, W, C]`` into a ``per_side``×``per_side`` grid of patches,
+    row-major, each flattened as (row, column, channel): ``[B, P, h·w·C]``."""
+
+    per_side: int = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(attrs["per_side"])
+
+    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch patches d"]:
+        b, h, w, c = x.shape
+        n = self.per_side
+        x = x.reshape(b, n, h // n, n, w // n, c).transpose(0, 1, 3, 2, 4, 5)
+        return x.reshape(b, n * n, (h // n) * (w // n) * c)
+
+
+# --- elementwise, merge, sites, gradient control ----------------------------------------------
+
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": jax.nn.relu,
+    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf form, as torch's default
+    "tanh": jnp.tanh,
+    "identity": lambda x: x,
+}
+
+
+@register(*_ACTIVATIONS)
+class Activation(AbstractLayer):
+    """An elementwise nonlinearity, chosen by op kind."""
+
+    kind: str = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(kind)
+
+    def __check_init__(self):
+        if self.kind not in _ACTIVATIONS:
+            raise ValueError(f"unknown activation `{self.kind}`")
+
+    def __call__(self, x: Array) -> Array:
+        return _ACTIVATIONS[self.kind](x)
+
+
+@register("add")
+class Add(AbstractLayer):
+    """Residual add of two operands of the same shape."""
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Array, y: Array) -> Array:
+        return x + y
+
+
+@register("perturb")
+class Perturb(AbstractLayer):
+    """A perturbation site: ``x + noise`` when noise is given, else ``x``.
+
+    Differentiating with respect to ``noise`` at zero is how activity-perturbation
+    tangents enter the network.
+    """
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Array, noise: Array | None = None) -> Array:
+        if noise is None:
+            return x
+        if noise.shape != x.shape:
+            raise ValueError(f"noise of shape {noise.shape} cannot perturb an activation of "
+                             f"shape {x.shape}")
+        return x + noise
+
+
+@register("stopgrad")
+class StopGrad(AbstractLayer):
+    """Identity whose output carries no gradient and no forward-mode tangent."""
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls()
+
+    def __call__(self, x: Array) -> Array:
+        return jax.lax.stop_gradient(x)
