@@ -8,15 +8,15 @@ The public API, by stage::
 """
 
 from fgc.config import Algorithm, Estimator, ParamGroup, TrainConfig, presets
-from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, Span, SpecError,
-                        TrainingError)
+from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, LoweringError, Span,
+                        SpecError, TrainingError)
 from fgc.ir import EdgeData, Graph, LossInfo, NodeData
 from fgc.parse import parse, parse_file
 from fgc.program import Plan, Program, load, loads
 
 __all__ = [
     "Algorithm", "CheckpointError", "DataError", "Diagnostic", "EdgeData", "Estimator",
-    "FgError", "Graph", "LossInfo", "NodeData", "ParamGroup", "Plan", "Program", "Span",
-    "SpecError", "TrainConfig", "TrainingError", "load", "loads", "parse", "parse_file",
+    "FgError", "Graph", "LossInfo", "LoweringError", "NodeData", "ParamGroup", "Plan", "Program",
+    "Span", "SpecError", "TrainConfig", "TrainingError", "load", "loads", "parse", "parse_file",
     "presets",
 ]

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from fgc import syntax as S
-from fgc.errors import Diagnostic, Span
+from fgc.errors import Diagnostic, Span, plural
 from fgc.ir import EdgeData, Graph, LossInfo, NodeData
 from fgc.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
 
@@ -198,9 +198,15 @@ class Builder:
             self.diags.add("E201", f"unknown input kind `{kind.func}`", kind.span,
                            suggest(kind.func, shapes) or "use image(H, W, C) or vector(D)")
             dims = None
+        elif kind.kwargs:
+            self.diags.add("E203", f"{kind.func}(...) has no argument `{kind.kwargs[0].name}`",
+                           kind.kwargs[0].span, "give the sizes by position, e.g. image(28, 28, 1)")
+            dims = None
         elif dims is not None and (len(dims) != shapes[kind.func]
                                    or not all(isinstance(x, int) and x > 0 for x in dims)):
-            self.diags.add("E206", f"{kind.func}(...) takes {shapes[kind.func]} positive integers",
+            n = shapes[kind.func]
+            self.diags.add("E206", f"{kind.func}(...) takes {n} positive "
+                           f"{'integer' if n == 1 else 'integers'}",
                            kind.span, "e.g. image(28, 28, 1) or vector(784)")
             dims = None
         opts = {}
@@ -208,6 +214,9 @@ class Builder:
             if o.name not in ("classes", "normalize"):
                 self.diags.add("E203", f"unknown input option `{o.name}`", o.span,
                                suggest(o.name, ("classes", "normalize")) or "options: classes, normalize")
+                continue
+            if o.name in opts:
+                self.diags.add("E101", f"`{o.name}` is given twice", o.span, "give it once")
                 continue
             try:
                 opts[o.name] = self.eval(o.value, self.consts)
@@ -218,26 +227,49 @@ class Builder:
             self.diags.add("E206", "the input needs `classes = N` with N ≥ 2", d.span,
                            "e.g. `input x = image(28, 28, 1), classes = 10`")
             classes = 2
-        norm = opts.get("normalize")
+        norm = self._normalize(opts["normalize"], d) if "normalize" in opts else None
         self.consts.setdefault("classes", classes)
         self.graph.meta["classes"] = classes
         self.graph.meta["input_shape"] = list(dims) if dims is not None else None
-        self.graph.meta["normalize"] = norm.name if isinstance(norm, _Symbol) else norm
+        self.graph.meta["normalize"] = norm
         self.graph.add_node("input", NodeData("input", "input", {"name": d.name},
                                               shape=tuple(dims) if dims is not None else None,
                                               span=d.span))
         self.net_values[d.name] = "input"
 
+    def _normalize(self, norm, d: S.InputDecl) -> str | None:
+        """The statistics name of ``normalize = NAME``, checked against fgc.data."""
+        from fgc.data import DATASET_STATS  # numpy and PIL: only when a spec names statistics
+        known = (*DATASET_STATS, "none")
+        span = next(o.value.span for o in d.options if o.name == "normalize")
+        name = norm.name if isinstance(norm, _Symbol) and not norm.args and not norm.kwargs \
+            else norm if isinstance(norm, str) else None
+        if name is None:
+            self.diags.add("E206", "normalize must be the name of dataset statistics", span,
+                           f"one of {', '.join(known)}")
+            return None
+        if name not in known:
+            self.diags.add("E207", f"unknown normalization statistics `{name}`", span,
+                           suggest(name, known) or f"use one of {', '.join(known)}")
+            return None
+        return name
+
     # --- network and blocks -----------------------------------------------------------
     def _network(self, net: S.NetworkDef):
         scope = _Scope(dict(self.consts), dict(self.net_values), "net")
-        out = self._body(net.body, scope, net.span, "network")
+        targets = set()  # a value a loss attaches to is used, even if no pipe reads it
+        for loss in self.spec.of(S.LossDecl):
+            items = loss.target.items if isinstance(loss.target, S.List) else (loss.target,)
+            targets |= {t.id for t in items if isinstance(t, S.Name)}
+        out = self._body(net.body, scope, net.span, "network", targets)
         self.net_values = scope.values
         if out is not None:
             self.graph.meta["output"] = out
 
-    def _body(self, body, scope: _Scope, span, where: str) -> str | None:
-        """Elaborates statements in dependency order; returns the `out` node id."""
+    def _body(self, body, scope: _Scope, span, where: str, loss_targets=frozenset()) -> str | None:
+        """Elaborates statements in dependency order; returns the `out` node id.
+
+        ``loss_targets``: names losses attach to (network only); they count as used."""
         assigns: dict[str, S.Assign] = {}
         outs = [s for s in body if isinstance(s, S.Out)]
         for s in body:
@@ -274,13 +306,13 @@ class Builder:
                            span if not outs else outs[1].span, "end it with `out <pipe>`")
             return None
         out = self._pipe(outs[0].pipe, scope)
-        used = set()
+        used = set(loss_targets)
         for s in body:
             used |= set(_refs(s.pipe))
         for name, s in assigns.items():
             if name not in used:
                 self.diags.add("E112", f"`{name}` is computed but never used", s.span,
-                               "use it in a later pipe or remove it")
+                               "use it in a later pipe, attach a loss to it, or remove it")
         return out
 
     def _pipe(self, pipe: S.Pipe, scope: _Scope) -> str | None:
@@ -405,8 +437,10 @@ class Builder:
     def _bind(self, fname, sig, args, kwargs, env, span) -> dict | None:
         out, ok = {}, True
         if len(args) > len(sig):
-            self.diags.add("E205", f"`{fname}` takes at most {len(sig)} positional argument{'s' if len(sig) != 1 else ''}, "
-                           f"got {len(args)}", span, _sig_hint(fname, sig))
+            takes = f"at most {plural(len(sig), 'positional argument')}" if sig \
+                else "no positional arguments"
+            self.diags.add("E205", f"`{fname}` takes {takes}, got {len(args)}", span,
+                           _sig_hint(fname, sig))
             return None
         for a, v in zip(sig, args):
             out[a.name] = (v, a)
@@ -492,6 +526,9 @@ class Builder:
                 self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
                                suggest(o.name, allowed) or f"options: {', '.join(allowed)}")
                 continue
+            if o.name in opts:
+                self.diags.add("E101", f"`{o.name}` is given twice", o.span, "give it once")
+                return
             try:
                 opts[o.name] = self.eval(o.value, self.consts)
             except _Skip:
@@ -511,6 +548,10 @@ class Builder:
             if rn not in REPLICATE_AXES:
                 self.diags.add("E207", f"cannot replicate over `{rn}`", where.get("replicate", d.span),
                                suggest(str(rn), REPLICATE_AXES) or "use [patches], [groups] or [patches, groups]")
+                return
+            if rn in axes:
+                self.diags.add("E101", f"`{rn}` is listed twice in `replicate`",
+                               where.get("replicate", d.span))
                 return
             axes.append(rn)
         groups = opts.get("groups", 1)
@@ -582,11 +623,18 @@ class Builder:
             elif n in self.blocks:
                 bs = [b for b in insts if b.rsplit(".", 1)[0] == n]
                 out += [(b, self._block_out(b)) for b in bs]
-            elif n in self.net_values and n != self.graph.node("input").attrs.get("name"):
+            elif n == self.graph.node("input").attrs.get("name"):
+                self.diags.add("E206", f"a loss cannot attach to the input `{n}`", it.span,
+                               "a head learns from features the network computes; attach it to "
+                               "`output`, `blocks`, a block name or a network value")
+                return None
+            elif n in self.net_values:
                 out.append((n, self.net_values[n]))
             else:
+                inp = self.graph.node("input").attrs.get("name")
+                values = [v for v in self.net_values if v != inp]
                 self.diags.add("E201", f"unknown loss target `{n}`", it.span,
-                               suggest(n, ["blocks", "output", *self.blocks, *self.net_values])
+                               suggest(n, ["blocks", "output", *self.blocks, *values])
                                or "attach to `blocks`, `output`, a block name or a network value")
                 return None
         return [(w, s) for w, s in out if s is not None]

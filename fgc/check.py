@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from fgc.build import Builder, Diags
+from fgc.errors import plural
 from fgc.ir import Graph
 from fgc.ops import OPS, group_count
 from fgc.passes import infer_shapes
@@ -54,7 +55,7 @@ def _check_losses(graph: Graph, diags: Diags) -> None:
                 g = group_count(op, h.attrs)
                 if "groups" in loss.replicate and (op.mixes_channels or g is not None and g % loss.groups):
                     diags.add("E404", f"`{h.kind}` mixes channel groups, so loss `{loss.name}` "
-                              f"cannot be replicated over {loss.groups} groups", h.span,
+                              f"cannot be replicated over {plural(loss.groups, 'group')}", h.span,
                               f"use a per-group op, e.g. layernorm(groups={loss.groups})")
         if "groups" in loss.replicate:
             width = src.shape[-1]

@@ -160,6 +160,9 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
             d.add("E203", f"forward(...) has no argument `{k.name}`", k.span,
                   suggest(k.name, allowed) or f"arguments: {', '.join(allowed)}")
             return None
+        if k.name in kw:
+            d.add("E205", f"argument `{k.name}` of `forward` given twice", k.span)
+            return None
         kw[k.name] = k.value
     if "perturb" not in kw:
         d.add("E204", "forward(...) needs `perturb = activity` or `perturb = weights`", v.span)
@@ -214,6 +217,9 @@ def _call(v, choices, what, d: Diags) -> Call | None:
         return None
     kws = []
     for k in v.kwargs:
+        if any(k.name == name for name, _ in kws):
+            d.add("E205", f"argument `{k.name}` of `{v.func}` given twice", k.span)
+            return None
         val = k.value
         if isinstance(val, (S.Number, S.Bool, S.String)):
             kws.append((k.name, val.value))
@@ -253,7 +259,8 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
         if key in st:
             n = _num(st[key])
             if not isinstance(n, int) or n < (0 if key == "seed" else 1):
-                d.add("E206", f"{key} must be a positive integer", st[key].span)
+                d.add("E206", f"{key} must be " + ("an integer ≥ 0" if key == "seed"
+                                                   else "a positive integer"), st[key].span)
             else:
                 kw[key] = n
     if "weight_decay" in st:
@@ -267,6 +274,11 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
             w = _word(st[key])
             if w is None:
                 d.add("E206", f"{key} must be a name or string", st[key].span)
+            elif key == "dataset" and not _known_dataset(w):
+                from fgc.data import BUILTIN_DATASETS
+                d.add("E207", f"unknown dataset `{w}`", st[key].span,
+                      suggest(w, BUILTIN_DATASETS) or f"use {' or '.join(BUILTIN_DATASETS)}, or "
+                      'a path to an .npz file in quotes, e.g. "data/mine.npz"')
             else:
                 kw[key] = w
     if "flip" in st:
@@ -290,6 +302,12 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
     return replace(cfg, **kw)
 
 
+def _known_dataset(name: str) -> bool:
+    """What ``fgc.data.load_dataset`` accepts by name: a built-in, or an ``.npz`` path."""
+    from fgc.data import BUILTIN_DATASETS  # numpy and PIL: only when a spec names a dataset
+    return name.lower() in BUILTIN_DATASETS or name.lower().endswith(".npz")
+
+
 def group_from(sec: S.Section, d: Diags) -> ParamGroup | None:
     if not sec.name:
         d.add("E107", "a parameter group needs a name", sec.span, "write `group readout { ... }`")
@@ -302,7 +320,8 @@ def group_from(sec: S.Section, d: Diags) -> ParamGroup | None:
     sel = st["params"].items if isinstance(st["params"], S.List) else (st["params"],)
     select = []
     for s in sel:
-        if isinstance(s, S.Call) and s.func == "heads" and len(s.args) == 1 and isinstance(s.args[0], S.Name):
+        if isinstance(s, S.Call) and s.func == "heads" and len(s.args) == 1 and not s.kwargs \
+                and isinstance(s.args[0], S.Name):
             select.append(f"heads:{s.args[0].id}")
         elif isinstance(s, S.Name):
             select.append(s.id)

@@ -29,19 +29,25 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
-from fgc.errors import DataError
+from fgc.errors import DataError, plural
 
 CIFAR10_CLASSES = (
     "airplane", "automobile", "bird", "cat", "deer",
     "dog", "frog", "horse", "ship", "truck",
 )  # fmt: skip
 
-# Per-channel constants on the [0, 1] scale, as used by the reference code.
-_BUILTIN_STATS = {
+DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+    # The usual torchvision constants, as the released ImageNet pipeline uses.
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
+"""Per-channel (mean, std) on the [0, 1] scale, as used by the reference code, for every
+name a spec's ``normalize =`` may give (besides ``none``)."""
+_BUILTIN_STATS = DATASET_STATS  # the old private name; fgc.lower still imports it
 _BUILTIN_FILES = {"mnist": "mnist.npz", "cifar10": "cifar10-jpeg.zip"}
+BUILTIN_DATASETS: tuple[str, ...] = tuple(_BUILTIN_FILES)
+"""The datasets ``load_dataset`` knows by name; anything else is a path to an ``.npz``."""
 _BUILTIN_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 _SPLITS = ("x_train", "y_train", "x_test", "y_test")
 # Bump when the cache layout changes so stale caches are ignored, not misread.
@@ -164,7 +170,7 @@ def _load_mnist_npz(path: Path) -> Dataset:
 
 def _builtin_dataset(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
     """Validates a built-in's arrays against its known shape and constants."""
-    mean, std = _BUILTIN_STATS[name]
+    mean, std = DATASET_STATS[name]
     ds = _make_dataset(name, arrays, source, num_classes=10, mean=mean, std=std)
     if ds.image_shape != _BUILTIN_SHAPES[name] or ds.x_train.dtype != np.uint8:
         raise DataError(
@@ -239,7 +245,8 @@ def _make_dataset(
             )
         if len(y) != len(x):
             raise DataError(
-                f"{source}: x_{split} has {len(x)} examples but y_{split} has {len(y)} labels; "
+                f"{source}: x_{split} has {plural(len(x), 'example')} but y_{split} has "
+                f"{plural(len(y), 'label')}; "
                 f"they must have one label per example"
             )
         if len(y) == 0:
@@ -255,7 +262,7 @@ def _make_dataset(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise DataError(
             f"{source}: labels range over {labels.min()}..{labels.max()} but should lie in "
-            f"0..{num_classes - 1} ({num_classes} classes)"
+            f"0..{num_classes - 1} ({plural(num_classes, 'class', 'classes')})"
         )
     channels = xs["x_train"].shape[-1]
     if mean is None or std is None:
@@ -313,7 +320,8 @@ def _per_channel(
         return tuple(values) * channels
     if len(values) != channels:
         raise DataError(
-            f"{source}: {what} has {len(values)} values but the data has {channels} channels"
+            f"{source}: {what} has {plural(len(values), 'value')} but the data has "
+            f"{plural(channels, 'channel')}"
         )
     return tuple(values)
 

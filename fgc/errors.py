@@ -10,6 +10,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
+def plural(n: int, noun: str, nouns: str | None = None) -> str:
+    """``n`` and the noun in the right number: ``plural(1, "group")`` is ``1 group``,
+    ``plural(3, "patch", "patches")`` is ``3 patches``."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"
+
+
 @dataclass(frozen=True)
 class Span:
     """A region of a source file: 1-based line and column of its start and end."""
@@ -84,3 +90,11 @@ class CheckpointError(FgError):
 
 class TrainingError(FgError):
     """Training cannot go on (a loss became NaN or Inf, ...)."""
+
+
+class LoweringError(FgError, NotImplementedError):
+    """A checked spec uses an op or loss kind that has no lowering to JAX yet.
+
+    It is also a :class:`NotImplementedError`, so code written against the
+    earlier ``NotImplementedError`` keeps catching it.
+    """

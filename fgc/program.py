@@ -9,6 +9,7 @@ rate every parameter group uses.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -17,8 +18,9 @@ from fgc.build import Diags, suggest
 from fgc.check import build_and_check
 from fgc.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
                         group_from, presets, train_from)
-from fgc.errors import Diagnostic, SpecError
+from fgc.errors import Diagnostic, SpecError, plural
 from fgc.ir import Graph
+from fgc.ops import OPS
 from fgc.parse import parse, parse_file
 
 
@@ -33,8 +35,14 @@ class Plan:
     train: TrainConfig
 
     def estimator_of(self, group: str) -> Estimator:
+        """The group's own estimator; else backprop for a group of head parameters only
+        (heads always learn by their exact gradient); else the algorithm's."""
         g = self.groups[group]
-        return g.estimator or self.algorithm.estimator
+        if g.estimator is not None:
+            return g.estimator
+        if _heads_only(self.graph, self.assignment, group):
+            return Estimator("backprop")
+        return self.algorithm.estimator
 
 
 @dataclass
@@ -78,22 +86,83 @@ class Program:
         if algo.target == "local" and not any(not l.final for l in g.losses.values()):
             d.add("E505", f"algorithm `{name}` trains from local losses, but the spec has none",
                   loss_span, "add e.g. `loss local = head on blocks`")
-        for grp in groups.values():
-            est = grp.estimator or algo.estimator
-            if est.kind == "forward" and est.perturb == "activity" and _owns_backbone(g, assignment, grp.name):
-                if not any(g.node(n).kind == "perturb" for n in g.g):
-                    d.add("E506", f"algorithm `{name}` perturbs activities, but the network has "
-                          "no `perturb` site", net_span,
-                          "add `| perturb |` after each post-linear norm, before the activation")
-                    break
+        activity = [grp.name for grp in groups.values()
+                    if _is_activity(grp.estimator or algo.estimator)
+                    and _owns_backbone(g, assignment, grp.name)]
+        if activity and not any(g.node(n).kind == "perturb" for n in g.g):
+            d.add("E506", f"algorithm `{name}` perturbs activities, but the network has "
+                  "no `perturb` site", net_span,
+                  "add `| perturb |` after each post-linear norm, before the activation")
+        elif activity:
+            _check_site_coverage(g, name, [n for n, gr in assignment.items() if gr in activity
+                                           and g.node(n).role == "op"], d)
         if d:
-            raise SpecError(d.items, self.spec.source)
+            raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
         return Plan(g, algo, groups, assignment, self.train)
 
 
 def _owns_backbone(g: Graph, assignment: dict, group: str) -> bool:
     return any(gr == group and g.node(n).role == "op" for n, gr in assignment.items())
+
+
+def _heads_only(g: Graph, assignment: dict, group: str) -> bool:
+    roles = {g.node(n).role for n, gr in assignment.items() if gr == group}
+    return roles == {"head"}
+
+
+def _is_activity(est: Estimator) -> bool:
+    return est.kind == "forward" and est.perturb == "activity"
+
+
+def _unperturbed_reach(g: Graph, nid: str) -> str | None:
+    """What ``nid``'s output reaches before any `perturb` site, following only edges
+    that carry gradients (and tangents): the nearest loss, or for a layer with weights
+    the nearest next layer with weights; None if every such path passes a site."""
+    linear = OPS[g.node(nid).kind].role == "linear"
+    seen, todo = {nid}, deque([nid])
+    while todo:
+        u = todo.popleft()
+        for v in g.g.successors(u):
+            if v in seen or g.edge(u, v).stop_gradient:
+                continue
+            seen.add(v)
+            d = g.node(v)
+            if d.kind == "perturb":
+                continue
+            if d.role == "loss" or linear and d.role == "op" and OPS[d.kind].role == "linear":
+                return v
+            todo.append(v)
+    return None
+
+
+def _check_site_coverage(g: Graph, algo: str, nodes: list[str], d: Diags) -> None:
+    """E507: activity noise enters only at `perturb` sites, and a layer's gradient is
+    estimated from the site right after it. A path from a layer to a loss that passes
+    no site contributes nothing (the estimate is missing or biased); a layer whose
+    output reaches the next layer with weights first has no site of its own."""
+    by_span: dict = {}  # the ops of one block definition share a span: one report each
+    order = {n: i for i, n in enumerate(g.topo())}
+    for n in sorted(nodes, key=order.__getitem__):
+        if not g.node(n).params:
+            continue
+        hit = _unperturbed_reach(g, n)
+        if hit is not None:
+            by_span.setdefault(g.node(n).span, []).append((n, hit))
+    for span, hits in by_span.items():
+        n, hit = hits[0]
+        if g.node(hit).role == "loss":
+            info = g.losses[hit]
+            what = f"loss `{info.name}` on `{hit.split('@', 1)[1]}`"
+        else:
+            what = f"the next layer `{hit}`"
+        more = ""
+        if len(hits) > 1:
+            more = (f" (and {plural(len(hits) - 1, 'more instance')} of block "
+                    f"`{g.node(n).block_def}`)")
+        d.add("E507", f"`{n}`{more} reaches {what} before any `perturb` site, so `{algo}` "
+              "has no activity noise of its own to estimate its gradient from", span,
+              "add `| perturb |` after the layer's norm, before its activation")
 
 
 def _mark_stops(g: Graph, algo: Algorithm) -> None:
@@ -117,15 +186,35 @@ def _mark_stops(g: Graph, algo: Algorithm) -> None:
             e.stop_gradient, e.why = False, None
 
 
+# Selectors of every local head and of every head on `output`. A user writes them
+# `heads(local)` and `heads(final)`, which mean a loss of that name if there is one
+# (`_resolve`); these spellings cannot be a name, so the default groups keep meaning them.
+LOCAL_HEADS = "<local heads>"
+FINAL_HEADS = "<final heads>"
+
+
 def default_groups(g: Graph) -> list[ParamGroup]:
     """Backbone, local heads (exact gradient) and the readout head (lr × 0.1)."""
     groups = [ParamGroup("backbone", ("network",))]
     if any(not l.final for l in g.losses.values()):
-        groups.append(ParamGroup("heads", ("heads:local",), estimator=Estimator("backprop")))
+        groups.append(ParamGroup("heads", (LOCAL_HEADS,), estimator=Estimator("backprop")))
     if any(l.final for l in g.losses.values()):
-        groups.append(ParamGroup("readout", ("heads:final",), lr_scale=0.1,
+        groups.append(ParamGroup("readout", (FINAL_HEADS,), lr_scale=0.1,
                                  estimator=Estimator("backprop")))
     return groups
+
+
+def _resolve(sel: str, loss_names: set[str]) -> str:
+    """``heads(NAME)`` selects the loss named NAME; only when no loss has that name do
+    ``heads(local)`` and ``heads(final)`` mean every local head and every final head."""
+    if sel.startswith("heads:") and sel[6:] not in loss_names:
+        return {"heads:local": LOCAL_HEADS, "heads:final": FINAL_HEADS}.get(sel, sel)
+    return sel
+
+
+def _show(sel: str) -> str:
+    """A selector as the user writes it."""
+    return f"heads({sel[6:]})" if sel.startswith("heads:") else sel
 
 
 def _selects(g: Graph, sel: str, nid: str) -> bool | None:
@@ -136,9 +225,9 @@ def _selects(g: Graph, sel: str, nid: str) -> bool | None:
         return d.role == "op" and d.block is not None
     if sel == "heads":
         return d.role == "head"
-    if sel == "heads:local":
+    if sel == LOCAL_HEADS:
         return d.role == "head" and not g.losses[d.loss].final
-    if sel == "heads:final":
+    if sel == FINAL_HEADS:
         return d.role == "head" and g.losses[d.loss].final
     if sel.startswith("heads:"):
         return d.role == "head" and g.losses[d.loss].name == sel[6:]
@@ -159,26 +248,46 @@ def _assign_groups(g: Graph, user: list[ParamGroup], d: Diags):
     loss_names = {l.name for l in g.losses.values()}
     blocks = {g.node(n).block_def for n in g.g if g.node(n).block_def}
     claimed: dict[str, str] = {}
+    defaults = set(groups)
     for grp in user:
-        for s in grp.select:
-            known = s in ("network", "backbone", "blocks", "heads", "heads:local", "heads:final") \
+        select = tuple(_resolve(s, loss_names) for s in grp.select)
+        for s in select:
+            known = s in ("network", "backbone", "blocks", "heads", LOCAL_HEADS, FINAL_HEADS) \
                 or s in blocks or s.startswith("heads:") and s[6:] in loss_names
             if not known:
-                d.add("E501", f"group `{grp.name}` selects `{s}`, which matches nothing", grp.span,
-                      suggest(s, ["blocks", "heads", *blocks, *(f"heads:{l}" for l in loss_names)])
+                d.add("E501", f"group `{grp.name}` selects `{_show(s)}`, which matches nothing",
+                      grp.span,
+                      suggest(_show(s), ["blocks", "heads", *blocks,
+                                         *(f"heads({l})" for l in loss_names)])
                       or "select blocks, heads, heads(LOSS) or a block name")
+        forward_heads = False
         for n in owners:
-            if any(_selects(g, s, n) for s in grp.select):
+            if any(_selects(g, s, n) for s in select):
                 if n in claimed:
                     d.add("E502", f"parameters of `{n}` are in groups `{claimed[n]}` and "
                           f"`{grp.name}`", grp.span, "each parameter belongs to one group")
                     continue
                 claimed[n] = grp.name
-                if g.node(n).role == "head" and grp.estimator and grp.estimator.kind != "backprop":
-                    d.add("E503", f"group `{grp.name}` gives head parameters a forward-gradient "
-                          "estimator", grp.span, "heads learn by their exact local gradient")
+                forward_heads |= g.node(n).role == "head" and grp.estimator is not None \
+                    and grp.estimator.kind != "backprop"
+        if forward_heads:
+            d.add("E503", f"group `{grp.name}` gives head parameters a forward-gradient "
+                  "estimator", grp.span, "heads learn by their exact local gradient")
         groups[grp.name] = grp
     assignment.update(claimed)
+    for grp in user:
+        members = [n for n in owners if assignment.get(n) == grp.name]
+        heads = [n for n in members if g.node(n).role == "head"]
+        ops = [n for n in members if g.node(n).role != "head"]
+        if heads and ops:
+            also = (f"; `{grp.name}` also keeps the parameters of the default group of that name"
+                    if grp.name in defaults else "")
+            d.add("E508", f"group `{grp.name}` mixes head parameters (`{heads[0]}`) and backbone "
+                  f"parameters (`{ops[0]}`)", grp.span,
+                  "split it in two: heads learn by their exact gradient, the backbone by the "
+                  f"algorithm's estimator{also}")
+        elif heads and grp.estimator is None:
+            groups[grp.name] = replace(grp, estimator=Estimator("backprop"))
     used = set(assignment.values())
     groups = {k: v for k, v in groups.items() if k in used or k in {u.name for u in user}}
     return groups, assignment
@@ -188,10 +297,22 @@ def _program(spec: S.SpecFile) -> Program:
     d = Diags()
     graph = build_and_check(spec, d)
     algos = dict(presets())
+    seen: dict[tuple[str, str], S.Section] = {}  # (kind, name) -> the section that counts
+    for sec in spec.of(S.Section):
+        if sec.kind not in ("algorithm", "group") or not sec.name:
+            continue
+        if sec.kind == "algorithm" and sec.name in presets():
+            d.add("E111", f"`{sec.name}` is a built-in algorithm and cannot be redefined",
+                  sec.span, f"choose another name, e.g. `my-{sec.name}`")
+        elif (sec.kind, sec.name) in seen:
+            d.add("E101", f"{sec.kind} `{sec.name}` is defined twice", sec.span,
+                  f"first defined at {seen[sec.kind, sec.name].span}")
+        else:
+            seen[sec.kind, sec.name] = sec
     for sec in spec.of(S.Section):
         if sec.kind == "algorithm":
             a = algorithm_from(sec, d, source=spec.path)
-            if a is not None:
+            if a is not None and seen.get(("algorithm", a.name)) is sec:
                 algos[a.name] = a
     trains = [s for s in spec.of(S.Section) if s.kind == "train"]
     for extra in trains[1:]:
@@ -204,7 +325,12 @@ def _program(spec: S.SpecFile) -> Program:
         sec = trains[0]
         d.add("E207", f"unknown algorithm `{train.algorithm}`", sec.get("algorithm").span,
               suggest(train.algorithm, algos) or f"known: {', '.join(sorted(algos))}")
-    groups = [g for g in (group_from(s, d) for s in spec.of(S.Section) if s.kind == "group") if g]
+    groups = []
+    for sec in spec.of(S.Section):
+        if sec.kind == "group":
+            grp = group_from(sec, d)  # a duplicate's own mistakes are reported too
+            if grp is not None and seen.get(("group", grp.name)) is sec:
+                groups.append(grp)
     if not d:
         _assign_groups(graph, groups, d)
     if d:

@@ -46,7 +46,7 @@ from pathlib import Path
 import networkx as nx
 
 from fgc.config import Estimator
-from fgc.errors import FgError
+from fgc.errors import FgError, plural
 from fgc.ir import Graph, NodeData
 from fgc.ops import OPS, REQUIRED
 
@@ -145,7 +145,7 @@ def op_label(d: NodeData) -> str:
     if k in ("dense", "linear"):
         s = f"{k} {a['out']}"
     elif k == "group_linear":
-        s = f"group_linear {a['out']} /{a['groups']} groups"
+        s = f"group_linear {a['out']} /{plural(a['groups'], 'group')}"
     elif k == "token_mix":
         p = d.shape[0] if d.shape else "P"
         s = f"token_mix {p}→{p}"

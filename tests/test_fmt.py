@@ -117,6 +117,22 @@ def test_fmt_cli_reports_syntax_errors(tmp_path, capsys):
     assert "E001" in err and "Traceback" not in err
 
 
+def test_fmt_cli_goes_on_after_a_bad_file(tmp_path, capsys):
+    """Each unparsable file is reported; the others are still formatted (exit 1 at the end)."""
+    bad1, bad2 = tmp_path / "bad1.fg", tmp_path / "bad2.fg"
+    bad1.write_text("network {\n", encoding="utf-8")
+    bad2.write_text("spec 'x'\n", encoding="utf-8")
+    ugly = tmp_path / SPECS[0].name
+    ugly.write_text(_ugly(SPECS[0].read_text(encoding="utf-8")), encoding="utf-8")
+    assert main(["fmt", str(bad1), str(ugly), str(bad2), str(tmp_path / "none.fg")]) == 1
+    out, err = capsys.readouterr()
+    assert out == SPECS[0].read_text(encoding="utf-8")
+    assert "bad1.fg:1:10: error[E001]" in err and "bad2.fg:1:6: error[E003]" in err
+    assert "none.fg: no such file" in err and "Traceback" not in err
+    assert main(["fmt", "-w", str(bad1), str(ugly)]) == 1
+    assert ugly.read_text(encoding="utf-8") == SPECS[0].read_text(encoding="utf-8")
+
+
 # --- layout --------------------------------------------------------------------------
 
 

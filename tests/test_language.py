@@ -1,12 +1,14 @@
 """The language front end on the real spec corpus: counts, plans, IR round trips."""
 
+import functools
+import re
 from pathlib import Path
 
 import pytest
 
 from fgc.cli import main
-from fgc.config import presets
-from fgc.errors import SpecError
+from fgc.config import Estimator, presets
+from fgc.errors import FgError, LoweringError, SpecError
 from fgc.ir import Graph
 from fgc.program import load, loads
 
@@ -41,10 +43,28 @@ def test_check_cli_passes_the_corpus(capsys):
     assert "918,770" in out and "64×512" in out
 
 
+_load = functools.cache(load)  # plans copy the graph, so one Program serves every preset
+
+
+def test_presets_are_the_algorithms_file():
+    text = (SPECS.parent / "grammar" / "algorithms.fg").read_text(encoding="utf-8")
+    assert set(presets()) == set(re.findall(r"^algorithm (\S+) \{", text, re.M)) \
+        == {"bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a"}
+
+
 @pytest.mark.parametrize("spec", ALL_SPECS, ids=lambda p: p.name)
 @pytest.mark.parametrize("algo", sorted(presets()))
 def test_every_preset_plans_every_spec(spec, algo):
-    plan = load(spec).plan(algo)
+    """Every spec of the corpus plans under every preset whose losses it has (E504-E507)."""
+    prog = _load(spec)
+    losses = prog.graph.losses.values()
+    needs = {"global": any(l.final for l in losses), "local": any(not l.final for l in losses)}
+    if not needs[presets()[algo].target]:
+        with pytest.raises(SpecError) as e:
+            prog.plan(algo)
+        assert e.value.codes == ["E504" if presets()[algo].target == "global" else "E505"]
+        return
+    plan = prog.plan(algo)
     g = plan.graph
     stops = {(u, v): g.edge(u, v).why for u, v in g.g.edges if g.edge(u, v).stop_gradient}
     greedy = [e for e, why in stops.items() if why == "greedy"]
@@ -121,3 +141,137 @@ def test_all_diagnostics_at_once():
 def test_unknown_algorithm_suggests():
     with pytest.raises(SpecError, match="did you mean `lg-fg-a`"):
         load(SPECS / "mixer-m-8-16.fg").plan("lg-fg-aa")
+
+
+# --- parameter groups ----------------------------------------------------------------
+
+BASE = """
+input x = vector(8), classes = 2
+block layer(w) {
+  out in | dense(w) | layernorm | perturb | relu
+}
+head probe = linear(classes)
+head readout = linear(classes)
+network {
+  h = x | dense(8) | layernorm | perturb | relu
+  out h | layer(8) * 2
+}
+"""
+
+
+def _members(plan, group):
+    return sorted(n for n, g in plan.assignment.items() if g == group)
+
+
+def test_user_head_groups_learn_by_their_exact_gradient():
+    """A group of head parameters without an estimator is backprop, whatever the algorithm."""
+    for algo in ("lg-fg-a", "fg-w"):
+        plan = _load(SPECS / "cnn.fg").plan(algo)
+        assert plan.estimator_of("aux_heads") == Estimator("backprop")
+        assert plan.estimator_of("readout") == Estimator("backprop")
+        assert plan.estimator_of("backbone") == presets()[algo].estimator
+        assert plan.groups["aux_heads"].estimator == Estimator("backprop")
+        assert plan.groups["aux_heads"].optimizer.name == "adam"
+
+
+def test_a_group_of_heads_and_backbone_must_be_split():
+    src = BASE + "loss local = probe on blocks\nloss final = readout on output\n"
+    with pytest.raises(SpecError) as e:
+        loads(src + "group g {\n  params = [layer, heads(final)]\n}\n", "t.fg")
+    assert e.value.codes == ["E508"] and "split it" in str(e.value)
+    # A group named like a default group keeps that group's parameters: `heads` here
+    # holds the local heads and, by its selector, the blocks.
+    with pytest.raises(SpecError) as e:
+        loads(src + "group heads {\n  params = blocks\n}\n", "t.fg")
+    assert e.value.codes == ["E508"] and "default group of that name" in str(e.value)
+
+
+def test_heads_selector_prefers_a_loss_name():
+    """heads(NAME) selects the loss named NAME; heads(local) and heads(final) mean every
+    local and every final head only when no loss has that name."""
+    group = "group g {\n  params = heads(%s)\n}\n"
+    keywords = BASE + "loss aux = probe on blocks\nloss deep = probe on h\n" \
+        "loss out = readout on output\n"
+    plan = loads(keywords + group % "local", "t.fg").plan()
+    assert _members(plan, "g") == ["loss:aux@layer.1/linear.0", "loss:aux@layer.2/linear.0",
+                                   "loss:deep@h/linear.0"]
+    assert _members(loads(keywords + group % "final", "t.fg").plan(), "g") == \
+        ["loss:out@output/linear.0"]
+    named = BASE + "loss local = probe on h\nloss aux = probe on blocks\n" \
+        "loss final = probe on layer\nloss out = readout on output\n"
+    assert _members(loads(named + group % "local", "t.fg").plan(), "g") == ["loss:local@h/linear.0"]
+    plan = loads(named + group % "final", "t.fg").plan()
+    assert _members(plan, "g") == ["loss:final@layer.1/linear.0", "loss:final@layer.2/linear.0"]
+    assert plan.assignment["loss:out@output/linear.0"] == "readout"  # default groups unchanged
+    assert plan.estimator_of("g") == Estimator("backprop")
+
+
+def test_unknown_heads_selector_is_shown_as_written():
+    src = BASE + "loss local = probe on blocks\nloss final = readout on output\n"
+    with pytest.raises(SpecError) as e:
+        loads(src + "group g {\n  params = heads(locl)\n}\n", "t.fg")
+    assert e.value.codes == ["E501"]
+    assert "selects `heads(locl)`" in str(e.value)
+    assert "did you mean `heads(local)`?" in str(e.value)
+
+
+# --- values, losses and data ---------------------------------------------------------
+
+
+def test_a_value_read_only_by_a_loss_is_used():
+    src = """
+    input x = vector(8), classes = 2
+    head readout = linear(classes)
+    network {
+      side = x | dense(8) | relu
+      out x | dense(8) | relu
+    }
+    loss probe = readout on side
+    loss final = readout on output
+    """
+    assert set(loads(src, "t.fg").graph.losses) == {"loss:probe@side", "loss:final@output"}
+
+
+@pytest.mark.parametrize("normalize,dataset", [
+    ("mnist", "mnist"), ("cifar10", "CIFAR10"), ("imagenet", '"data/imagenet.npz"'),
+    ("none", '"x.NPZ"'), ('"cifar10"', "cifar10")])
+def test_known_statistics_and_datasets(normalize, dataset):
+    from fgc.data import DATASET_STATS
+    src = BASE.replace("classes = 2", f"classes = 2, normalize = {normalize}") + \
+        "loss local = probe on blocks\nloss final = readout on output\n" \
+        f"train {{\n  dataset = {dataset}\n}}\n"
+    prog = loads(src, "t.fg")
+    assert prog.graph.meta["normalize"] == normalize.strip('"')
+    assert prog.train.dataset == dataset.strip('"')
+    assert DATASET_STATS["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_cnn_stem_without_a_site_is_reported():
+    text = (SPECS / "cnn.fg").read_text(encoding="utf-8")
+    text = text.replace("batchnorm | perturb | relu", "batchnorm | relu")
+    prog = loads(text, "cnn.fg")
+    prog.plan("lg-bp")  # backprop needs no sites
+    for algo in ("fg-a", "lg-fg-a"):
+        with pytest.raises(SpecError) as e:
+            prog.plan(algo)
+        (d,) = e.value.diagnostics
+        assert d.code == "E507" and d.span.line == 20 and "`net/conv.0`" in d.message
+
+
+def test_check_plans_the_algorithm_the_spec_names(tmp_path, capsys):
+    """`fgc check` applies the spec's own train.algorithm, and only that one."""
+    spec = tmp_path / "t.fg"
+    local = BASE.replace("head readout = linear(classes)\n", "") + "loss local = probe on blocks\n"
+    spec.write_text(local, encoding="utf-8")
+    assert main(["check", str(spec)]) == 0  # no algorithm named: nothing to plan
+    assert "ok (" in capsys.readouterr().out
+    spec.write_text(local + "train {\n  algorithm = fg-w\n}\n", encoding="utf-8")
+    assert main(["check", str(spec)]) == 1
+    err = capsys.readouterr().err
+    assert f"{spec}:13:15: error[E504]" in err and "^^^^" in err
+
+
+def test_lowering_error_is_an_fg_error():
+    assert issubclass(LoweringError, FgError) and issubclass(LoweringError, NotImplementedError)
+    import fgc
+    assert fgc.LoweringError is LoweringError
