@@ -20,6 +20,8 @@ def _cmd_check(args) -> int:
     for path in args.specs:
         try:
             prog = load(path)
+            if prog.train.algorithm:  # the algorithm the spec asks for must apply (E504-E507)
+                prog.plan()
         except FgError as e:
             print(e, file=sys.stderr)
             status = 1
@@ -27,7 +29,8 @@ def _cmd_check(args) -> int:
         if args.summary:
             print(summary_table(prog.graph))
         else:
-            print(f"{path}: ok ({prog.graph.num_params():,} parameters)")
+            n = prog.graph.num_params()
+            print(f"{path}: ok ({n:,} {'parameter' if n == 1 else 'parameters'})")
     return status
 
 
@@ -36,7 +39,12 @@ def _cmd_fmt(args) -> int:
     from fgc.parse import parse_file
     status = 0
     for path in args.specs:
-        spec = parse_file(path)
+        try:
+            spec = parse_file(path)
+        except FgError as e:  # report it and format the other files
+            print(e, file=sys.stderr)
+            status = 1
+            continue
         text = format_spec(spec)
         if args.check:
             if text != spec.source:
@@ -55,6 +63,23 @@ def _cmd_viz(args) -> int:
     plan = load(args.spec).plan(args.algorithm)
     render(plan, Path(args.output))
     print(f"wrote {args.output}")
+    return 0
+
+
+def _cmd_train(args) -> int:
+    from fgc.train import train
+    try:
+        summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
+                        data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
+                        batch_size=args.batch_size, seed=args.seed,
+                        eval_train=not args.no_train_error)
+    except KeyboardInterrupt:
+        print(f"interrupted; the last finished epoch's checkpoint is in {args.out}; continue "
+              f"with the same command plus --resume", file=sys.stderr)
+        return 130
+    err = summary["test_error"]
+    print(f"done: test error {err:.2f}% after {summary['epochs']} epochs; "
+          f"{Path(args.out) / 'summary.json'}")
     return 0
 
 
@@ -87,7 +112,47 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("-o", "--output", required=True)
     v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's)")
     v.set_defaults(fn=_cmd_viz)
+
+    t = sub.add_parser("train", help="train a spec; writes metrics.jsonl, summary.json and "
+                       "checkpoints to --out")
+    t.add_argument("spec")
+    t.add_argument("--out", required=True, help="run directory (metrics, summary, checkpoint)")
+    t.add_argument("--algorithm", help="preset or spec algorithm (default: the spec's)")
+    t.add_argument("--dataset", help="mnist, cifar10 or an .npz path (default: the spec's)")
+    t.add_argument("--data-dir", help="folder with mnist.npz / cifar10-jpeg.zip "
+                   "(default: $FGC_DATA_DIR, then tensorflow-datasets)")
+    t.add_argument("--epochs", type=_positive, help="epochs (default: the spec's)")
+    t.add_argument("--batch-size", type=_positive, help="batch size (default: the spec's)")
+    t.add_argument("--seed", type=_non_negative, help="seed (default: the spec's, else 0)")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--no-train-error", action="store_true",
+                   help="skip measuring the training-set error each epoch")
+    t.set_defaults(fn=_cmd_train)
+
+    from fgc import plot
+    plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
+                                      "epoch of runs"))
     return p
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def _non_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer ≥ 0, got {text!r}")
+    return n
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -39,7 +39,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from fgc.data import _BUILTIN_STATS, normalize as _normalize
+from fgc.data import DATASET_STATS, normalize as _normalize
+from fgc.errors import LoweringError
 from fgc.modules import AbstractLayer, make_layer
 from fgc.replicated import replicated_xent, xent
 
@@ -50,13 +51,6 @@ __all__ = ["DATASET_STATS", "Forward", "LossHead", "Network", "Step", "count_par
            "param_labels", "weight_mask"]
 
 Shape = tuple[int, ...]
-
-DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
-    **_BUILTIN_STATS,
-    # The usual torchvision constants, as the released ImageNet pipeline uses.
-    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-"""Per-channel (mean, std) on the [0, 1] scale for the names ``normalize =`` may give."""
 
 LOSS_KINDS = ("xent",)
 
@@ -218,7 +212,8 @@ class Network(eqx.Module):
         return vals[head.logits_node]
 
     def forward(self, x: Array, labels: Int[Array, " batch"] | None = None, *,
-                noise: dict[str, Array] | None = None, keep_values: bool = False) -> Forward:
+                noise: dict[str, Array] | None = None, keep_values: bool = False,
+                cut_sites: bool = False) -> Forward:
         """Runs the whole program: every loss, with optional activity noise.
 
         Args:
@@ -231,11 +226,15 @@ class Network(eqx.Module):
           keep_values: also return every node's output (for estimators that
             need layer inputs); off by default, as a jitted function returning
             them keeps every activation alive.
+          cut_sites: stop gradients (and tangents) at every perturbation
+            site, so that differentiating ``site_inputs`` gives each layer's
+            local backward only, never across another site (the
+            activity-perturbation estimator, :mod:`fgc.estimators`).
 
         Returns:
           A :class:`Forward` with per-example losses, logits and site values.
         """
-        vals, sites, site_inputs = self._run(x, noise or {}, need=None)
+        vals, sites, site_inputs = self._run(x, noise or {}, need=None, cut=cut_sites)
         logits = {l.id: vals[l.logits_node] for l in self.loss_heads}
         losses = {}
         if labels is not None:
@@ -252,7 +251,7 @@ class Network(eqx.Module):
         normalised input); for inspection and for estimators that need layer inputs."""
         return self._run(x, noise or {}, need=None)[0]
 
-    def _run(self, x, noise, need):
+    def _run(self, x, noise, need, cut=False):
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected inputs [B, {', '.join(map(str, self.input_shape))}], "
                              f"got shape {tuple(x.shape)}")
@@ -273,7 +272,8 @@ class Network(eqx.Module):
                     for u, stop in zip(s.inputs, s.stops)]
             if s.kind == "perturb" and s.role == "op":
                 site_inputs[s.id] = args[0]
-                vals[s.id] = sites[s.id] = self.layers[s.id](args[0], (noise or {}).get(s.id))
+                u = jax.lax.stop_gradient(args[0]) if cut else args[0]
+                vals[s.id] = sites[s.id] = self.layers[s.id](u, (noise or {}).get(s.id))
             else:
                 vals[s.id] = self.layers[s.id](*args)
         return vals, sites, site_inputs
@@ -334,7 +334,7 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
       The :class:`Network`.
 
     Raises:
-      NotImplementedError: an op or loss kind has no lowering.
+      LoweringError: an op or loss kind has no lowering.
     """
     g = plan.graph
     steps, layers = [], {}
@@ -362,7 +362,7 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
     losses = []
     for info in g.losses.values():
         if info.kind not in LOSS_KINDS:
-            raise NotImplementedError(f"loss kind `{info.kind}` of `{info.id}` has no lowering "
+            raise LoweringError(f"loss kind `{info.kind}` of `{info.id}` has no lowering "
                                       f"(lowered: {', '.join(LOSS_KINDS)})")
         into_loss = g.edge(g.inputs(info.id)[0], info.id)
         losses.append(LossHead(info.id, info.name, info.kind, info.source, tuple(info.head_nodes),

@@ -36,6 +36,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
+from fgc.errors import LoweringError
+
 Shape = tuple[int, ...]
 
 __all__ = [
@@ -81,11 +83,11 @@ def make_layer(kind: str, attrs: dict, in_shapes: list[Shape], *, key: PRNGKeyAr
       A module mapping batched operands to the batched output.
 
     Raises:
-      NotImplementedError: no layer is registered for ``kind``.
+      LoweringError: no layer is registered for ``kind``.
     """
     cls = LAYERS.get(kind)
     if cls is None:
-        raise NotImplementedError(
+        raise LoweringError(
             f"no lowering is registered for op `{kind}`; add a layer class to fgc/modules.py "
             f"decorated with @register({kind!r}) (registered: {', '.join(sorted(LAYERS))})")
     return cls.build(kind, attrs, list(in_shapes), key=key, dtype=dtype)

@@ -1,0 +1,455 @@
+"""Training: optimizers per parameter group, the jit-compiled step, and the run loop.
+
+The pieces compose without the loop: :func:`make_optimizer` builds one optax
+transformation from a plan (``optax.partition`` over the parameter groups, each
+with its optimizer, learning-rate multiplier, schedule and weight decay on
+weights only), :func:`make_step` one jit-compiled step (the estimator of
+:mod:`fgc.estimators` plus the optax update, buffers donated), and
+:func:`train` the whole run with metrics, checkpoints and resume.
+
+Example:
+    >>> import fgc
+    >>> from fgc.train import train
+    >>> summary = train("specs/mixer-s-1-1.fg", algorithm="lg-fg-a", dataset="mnist",
+    ...                 epochs=1, out="runs/s11")                      # doctest: +SKIP
+    >>> summary["test_error"]                                           # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import math
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jaxtyping import Array, PyTree
+
+from fgc import checkpoint
+from fgc.config import Call, TrainConfig
+from fgc.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.errors import CheckpointError, DataError, FgError, TrainingError
+from fgc.estimators import UpdateRule
+from fgc.lower import Network, lower
+
+if False:  # typing only
+    from fgc.program import Plan, Program
+
+__all__ = ["Run", "evaluate", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
+           "prepare", "train"]
+
+
+# --- optimizers ------------------------------------------------------------------------------
+
+def make_schedule(call: Call, base_lr: float, steps_per_epoch: int, epochs: int) -> optax.Schedule:
+    """An optax schedule from the spec's ``schedule = ...`` (steps count optimizer steps).
+
+    ``linear(end)`` decays linearly to ``end × base_lr`` over the run;
+    ``cosine(warmup_epochs, end)`` warms up linearly then follows a cosine to
+    ``end × base_lr``; ``step(every, factor)`` multiplies by ``factor`` every
+    ``every`` epochs; ``constant`` keeps ``base_lr``.
+    """
+    kw = call.as_dict()
+    total = max(1, steps_per_epoch * epochs)
+    if call.name == "constant":
+        return optax.constant_schedule(base_lr)
+    if call.name == "linear":
+        return optax.linear_schedule(base_lr, base_lr * float(kw.get("end", 0.0)), total)
+    if call.name == "cosine":
+        warm = int(round(float(kw.get("warmup_epochs", 0)) * steps_per_epoch))
+        return optax.warmup_cosine_decay_schedule(0.0, base_lr, min(warm, total - 1), total,
+                                                  base_lr * float(kw.get("end", 0.0)))
+    if call.name == "step":
+        every = max(1, int(round(float(kw.get("every", 30)) * steps_per_epoch)))
+        return optax.exponential_decay(base_lr, every, float(kw.get("factor", 0.1)), staircase=True)
+    raise ValueError(f"unknown schedule `{call.name}`")
+
+
+def _node_of(path) -> str:
+    return path[1].key  # (.layers, [node id], .param)
+
+
+def _is_weight(path) -> bool:
+    return getattr(path[-1], "name", None) == "weight"
+
+
+def param_group_labels(params: PyTree, plan: Plan) -> PyTree[str]:
+    """``GROUP/decay`` for weights and kernels, ``GROUP/plain`` for biases and norm
+    parameters: the labels of :func:`make_optimizer`'s ``optax.partition``."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, _: f"{plan.assignment[_node_of(path)]}/"
+                        f"{'decay' if _is_weight(path) else 'plain'}", params)
+
+
+def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
+                   ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
+    """One optax transformation for every parameter group of a plan.
+
+    Each group gets its optimizer (the group's own or the ``train`` one), its
+    learning rate times ``lr_scale`` under the run's schedule, and weight decay
+    (the group's or the run's) on weights only, applied to the gradient before
+    the optimizer as in the released code.
+
+    Returns:
+      ``(transformation, schedules)``: schedules maps group name → learning
+      rate as a function of the step, for logging.
+    """
+    transforms, schedules = {}, {}
+    for name, grp in plan.groups.items():
+        call = grp.optimizer or train.optimizer
+        kw = call.as_dict()
+        lr = float(kw.pop("learning_rate", 0.01)) * grp.lr_scale
+        sched = make_schedule(train.schedule, lr, steps_per_epoch, train.epochs)
+        schedules[name] = sched
+        opt = getattr(optax, call.name)(learning_rate=sched, **kw)
+        wd = train.weight_decay if grp.weight_decay is None else grp.weight_decay
+        transforms[f"{name}/plain"] = opt
+        transforms[f"{name}/decay"] = optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
+    return optax.partition(transforms, functools.partial(param_group_labels, plan=plan)), schedules
+
+
+# --- the step --------------------------------------------------------------------------------
+
+def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None
+              ) -> Callable:
+    """The train step ``(net, opt_state, x, labels, key) -> (net, opt_state, losses)``.
+
+    Estimation, local weight gradients and the optax update run as one
+    jit-compiled function; the network and optimizer state are donated (updated
+    in place). ``max_traces`` makes a retrace an error
+    (``eqx.debug.assert_max_traces``).
+    """
+    def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
+        est = rule.estimate(net, x, labels, key)
+        params = eqx.filter(net, eqx.is_array)
+        updates, opt_state = tx.update(est.grads, opt_state, params)
+        return eqx.apply_updates(net, updates), opt_state, est.losses
+
+    if max_traces is not None:
+        step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
+    return eqx.filter_jit(step, donate="all")
+
+
+@eqx.filter_jit
+def _predict(net: Network, x: Array) -> Array:
+    return jnp.argmax(net(x), axis=-1)
+
+
+def evaluate(net: Network, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
+    """Classification error in percent over ``(x, y)``, in fixed-size batches (the last
+    one padded, so one compilation serves every batch)."""
+    n = len(x)
+    if n == 0:
+        return float("nan")
+    b = min(batch_size, n)
+    wrong = 0
+    for i in range(0, n, b):
+        xb, yb = x[i:i + b], y[i:i + b]
+        k = len(xb)
+        if k < b:
+            xb = np.concatenate([xb, np.zeros((b - k, *xb.shape[1:]), xb.dtype)])
+        pred = np.asarray(_predict(net, jnp.asarray(xb)))[:k]
+        wrong += int((pred != yb).sum())
+    return 100.0 * wrong / n
+
+
+# --- a run -----------------------------------------------------------------------------------
+
+@dataclass
+class Run:
+    """Everything a training run is made of, before the loop starts."""
+
+    program: Program
+    plan: Plan
+    train: TrainConfig
+    data: Dataset
+    net: Network
+    rule: UpdateRule
+    tx: optax.GradientTransformation
+    schedules: dict[str, optax.Schedule]
+    steps_per_epoch: int
+    key: Array
+
+    def init_state(self):
+        return self.net, self.tx.init(eqx.filter(self.net, eqx.is_array))
+
+
+def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
+            data_dir: str | None = None, **overrides) -> Run:
+    """Loads the spec and the data and builds the network, update rule and optimizer.
+
+    Args:
+      spec: a spec path or a loaded :class:`~fgc.program.Program`.
+      algorithm: preset or spec algorithm name (default: the spec's ``train.algorithm``).
+      dataset: ``mnist``, ``cifar10``, an ``.npz`` path or a :class:`~fgc.data.Dataset`
+        (default: the spec's ``train.dataset``).
+      data_dir: where to look for the built-in datasets.
+      overrides: any :class:`~fgc.config.TrainConfig` field (``epochs``, ``batch_size``,
+        ``seed``, ...); ``None`` values are ignored.
+    """
+    from fgc.program import load
+    prog = load(spec) if isinstance(spec, (str, os.PathLike)) else spec
+    cfg = replace(prog.train, **{k: v for k, v in overrides.items() if v is not None})
+    if algorithm is not None:
+        cfg = replace(cfg, algorithm=algorithm)
+    plan = prog.plan(cfg.algorithm)
+    if isinstance(dataset, Dataset):
+        data = dataset
+    else:
+        name = dataset or cfg.dataset
+        if name is None:
+            raise DataError("no dataset: the spec's train section names none; pass --dataset "
+                            "mnist, cifar10 or a path to an .npz file")
+        data = load_dataset(name, data_dir)
+    cfg = replace(cfg, dataset=data.name)
+    _check_data(prog, data)
+    steps = num_batches(len(data.x_train), cfg.batch_size, drop_last=True)
+    if steps == 0:
+        raise DataError(f"the training set has {len(data.x_train)} examples, fewer than one "
+                        f"batch of {cfg.batch_size}; lower --batch-size")
+    key = jax.random.key(cfg.seed)
+    net = lower(plan, jax.random.fold_in(key, 0), stats=(data.mean, data.std))
+    rule = UpdateRule.build(plan, net)
+    tx, schedules = make_optimizer(plan, cfg, steps)
+    return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
+
+
+def _check_data(prog: Program, data: Dataset) -> None:
+    shape = tuple(prog.graph.meta["input_shape"])
+    where = f"{prog.path}"
+    if data.image_shape != shape:
+        raise DataError(f"{data.name} ({data.source}) has examples of shape "
+                        f"{list(data.image_shape)}, but {where} declares input "
+                        f"{list(shape)}; use a spec for this dataset or fix `input ... = image(...)`")
+    classes = prog.graph.meta.get("classes")
+    if classes is not None and data.num_classes > classes:
+        raise DataError(f"{data.name} has {data.num_classes} classes but {where} declares "
+                        f"classes = {classes}")
+
+
+def _spec_hash(prog: Program) -> str:
+    return hashlib.sha256(prog.spec.source.encode()).hexdigest()[:16]
+
+
+def _loss_name(loss_id: str) -> str:
+    return loss_id.removeprefix("loss:")
+
+
+def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
+          dataset: str | Dataset | None = None, data_dir: str | None = None,
+          resume: bool = False, progress: bool | None = None, eval_train: bool = True,
+          log: Callable[[str], None] | None = None,
+          on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
+    """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and a checkpoint to ``out``.
+
+    Args:
+      spec: spec path or :class:`~fgc.program.Program`.
+      out: run directory; created if missing. An existing run there is continued
+        with ``resume=True`` and never overwritten otherwise.
+      algorithm, dataset, data_dir, overrides: as :func:`prepare`.
+      resume: continue from ``out/checkpoint.eqx``.
+      progress: a progress bar (default: when stderr is a terminal); else one line
+        per epoch through ``log``.
+      eval_train: measure the training-set error every epoch (a forward pass over
+        the training set).
+      log: where epoch lines go (default: print).
+      on_step: called as ``on_step(epoch, step)`` after every step (for tests and
+        tools; raising ``KeyboardInterrupt`` there stops the run like Ctrl-C).
+
+    Returns:
+      The summary written to ``summary.json``.
+
+    Raises:
+      TrainingError: a loss became NaN or infinite (the last good checkpoint stays).
+      CheckpointError: ``resume`` without a usable checkpoint, or one from another run.
+      DataError, SpecError: bad data or spec.
+    """
+    log = log or print
+    out = Path(out)
+    ckpt_path = out / checkpoint.NAME
+    metrics_path = out / "metrics.jsonl"
+    if not resume and (ckpt_path.exists() or metrics_path.exists()):
+        raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or "
+                            "choose another --out")
+    run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir, **overrides)
+    cfg, data = run.train, run.data
+    meta_fixed = {"spec_sha": _spec_hash(run.program), "spec": str(run.program.path),
+                  "algorithm": cfg.algorithm or "bp", "dataset": data.name,
+                  "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs}
+    net, opt_state = run.init_state()
+    start_epoch = 0
+    if resume:
+        meta = checkpoint.read_meta(ckpt_path)
+        changed = [f"{k}: {meta.get(k)!r} → {v!r}" for k, v in meta_fixed.items()
+                   if meta.get(k) != v]
+        if changed:
+            raise CheckpointError(f"{ckpt_path} belongs to a different run ({'; '.join(changed)}); "
+                                  "resume with the same spec and settings, or use another --out")
+        _, (net, opt_state) = checkpoint.load(ckpt_path, (net, opt_state))
+        start_epoch = int(meta["epoch"])
+        _truncate_metrics(metrics_path, start_epoch)
+    out.mkdir(parents=True, exist_ok=True)
+
+    step_fn = make_step(run.rule, run.tx, max_traces=1)
+    show_bar = sys.stderr.isatty() if progress is None else progress
+    algo = cfg.algorithm or "bp"
+    log(f"fgc train: {run.program.graph.meta.get('title') or run.program.path} · {algo} · {data.name} ({len(data.x_train)} train / {len(data.x_test)} test, "
+        f"{data.source}) · {cfg.epochs} epochs × {run.steps_per_epoch} steps of {cfg.batch_size}")
+    for line in run.rule.describe():
+        log(f"  {line}")
+
+    final_id = next((l.id for l in run.net.loss_heads if l.final), None)
+    history = _read_metrics(metrics_path)
+    wall0 = time.perf_counter()
+    compile_seconds = None
+    global_step = start_epoch * run.steps_per_epoch
+    for epoch in range(start_epoch, cfg.epochs):
+        t0 = time.perf_counter()
+        sums: dict[str, Array] = {}
+        pending: list[tuple[int, dict[str, Array]]] = []
+        timed_images, timed_seconds = 0, 0.0
+        bar = _bar(show_bar, run.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, seed=cfg.seed,
+                                  epoch=epoch, shuffle=True, drop_last=True, flip=cfg.flip)
+        for i, (xb, yb) in enumerate(batches):
+            ts = time.perf_counter()
+            key = jax.random.fold_in(run.key, global_step + 1)
+            net, opt_state, losses = step_fn(net, opt_state, jnp.asarray(xb), jnp.asarray(yb), key)
+            global_step += 1
+            pending.append((i, losses))
+            if compile_seconds is None:
+                jax.block_until_ready(losses)
+                compile_seconds = time.perf_counter() - ts
+            else:
+                timed_images += len(xb)
+            if len(pending) >= 50 or i == run.steps_per_epoch - 1:
+                sums = _check_finite(pending, sums, epoch, ckpt_path if start_epoch or epoch else None)
+                pending = []
+                if bar is not None:
+                    bar.update(50 if i != run.steps_per_epoch - 1 else bar.total - bar.n)
+                    bar.set_postfix({_loss_name(k): f"{float(v) / (i + 1):.3f}" for k, v in
+                                     list(sums.items())[:3]})
+            if on_step is not None:
+                on_step(epoch, i)
+        jax.block_until_ready(net)
+        train_seconds = time.perf_counter() - t0
+        timed_seconds = train_seconds - (compile_seconds if epoch == start_epoch else 0.0)
+        if bar is not None:
+            bar.close()
+        te = time.perf_counter()
+        test_error = evaluate(net, data.x_test, data.y_test, cfg.eval_batch_size)
+        train_error = evaluate(net, data.x_train, data.y_train, cfg.eval_batch_size) \
+            if eval_train else None
+        eval_seconds = time.perf_counter() - te
+        mean_losses = {_loss_name(k): float(v) / run.steps_per_epoch for k, v in sums.items()}
+        train_loss = mean_losses.get(_loss_name(final_id)) if final_id else \
+            float(np.mean(list(mean_losses.values())))
+        row = {
+            "epoch": epoch + 1, "step": global_step, "train_loss": train_loss,
+            "losses": mean_losses, "test_error": test_error, "train_error": train_error,
+            "lr": {g: float(s(global_step - 1)) for g, s in run.schedules.items()},
+            "images_per_second": timed_images / timed_seconds if timed_seconds > 0 else None,
+            "seconds": train_seconds, "eval_seconds": eval_seconds,
+        }
+        history.append(row)
+        with open(metrics_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        checkpoint.save(ckpt_path, {**meta_fixed, "epoch": epoch + 1, "step": global_step,
+                                    "key": np.asarray(jax.random.key_data(run.key)).tolist()},
+                        (net, opt_state))
+        if True:  # one line per epoch, also under the progress bar (which is cleared)
+            log(f"epoch {epoch + 1:>4}/{cfg.epochs}  loss {train_loss:.4f}  test err "
+                f"{test_error:6.2f}%" + (f"  train err {train_error:6.2f}%" if train_error is not None
+                                         else "") +
+                (f"  {row['images_per_second']:,.0f} img/s" if row["images_per_second"] else "")
+                + f"  {train_seconds:.1f}s")
+    summary = _summary(run, history, time.perf_counter() - wall0, compile_seconds)
+    _write_json(out / "summary.json", summary)
+    return summary
+
+
+def _bar(show: bool, total: int, desc: str):
+    if not show:
+        return None
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+
+def _check_finite(pending, sums, epoch, ckpt):
+    """Adds the pending steps' losses to the running sums; stops on NaN/Inf."""
+    host = jax.device_get([l for _, l in pending])
+    for (i, _), losses in zip(pending, host):
+        for k, v in losses.items():
+            if not math.isfinite(float(v)):
+                kept = (f"the last good checkpoint ({ckpt}) is kept; " if ckpt and ckpt.exists()
+                        else "no checkpoint was written yet; ")
+                raise TrainingError(
+                    f"loss `{_loss_name(k)}` became {float(v)} at epoch {epoch + 1}, step {i + 1}; "
+                    f"training stopped. {kept}lower the learning rate (optimizer = ...) or check "
+                    "the data for NaN/Inf")
+            sums[k] = sums.get(k, 0.0) + float(v)
+    return sums
+
+
+def _read_metrics(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            break  # a line cut by a kill mid-write: drop it and what follows
+    return rows
+
+
+def _truncate_metrics(path: Path, epoch: int) -> None:
+    """Keeps the metrics of epochs up to the checkpoint's (a run killed after writing
+    an epoch's metrics but before its checkpoint repeats that epoch)."""
+    rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= epoch]
+    _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _summary(run: Run, history: list[dict], wall: float, compile_seconds) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    ips = [r["images_per_second"] for r in history if r.get("images_per_second")]
+    return {
+        "algorithm": run.train.algorithm or "bp",
+        "spec": str(run.program.path),
+        "spec_name": run.program.graph.meta.get("title"),
+        "dataset": run.data.name,
+        "epochs": last.get("epoch", 0),
+        "batch_size": run.train.batch_size,
+        "seed": run.train.seed,
+        "test_error": last.get("test_error"),
+        "train_error": last.get("train_error"),
+        "best_test_error": min((r["test_error"] for r in history), default=None),
+        "train_loss": last.get("train_loss"),
+        "images_per_second": float(np.median(ips)) if ips else None,
+        "wall_seconds": wall,
+        "compile_seconds": compile_seconds,
+        "parameters": int(sum(x.size for x in jax.tree.leaves(eqx.filter(run.net, eqx.is_array)))),
+        "estimator": run.rule.describe(),
+        "device": jax.devices()[0].device_kind,
+        "jax": jax.__version__,
+    }
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _write_json(path: Path, obj) -> None:
+    _write_text(path, json.dumps(obj, indent=2) + "\n")
