@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fgc.errors import FgError
+from fgc.errors import FgError, plural
 
 
 def _cmd_check(args) -> int:
@@ -71,6 +71,7 @@ def _cmd_train(args) -> int:
     try:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
+                        tangents=args.tangents,
                         batch_size=args.batch_size, seed=args.seed,
                         eval_train=not args.no_train_error)
     except KeyboardInterrupt:
@@ -78,7 +79,7 @@ def _cmd_train(args) -> int:
               f"with the same command plus --resume", file=sys.stderr)
         return 130
     err = summary["test_error"]
-    print(f"done: test error {err:.2f}% after {summary['epochs']} epochs; "
+    print(f"done: test error {err:.2f}% after {plural(summary['epochs'], 'epoch')}; "
           f"{Path(args.out) / 'summary.json'}")
     return 0
 
@@ -124,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", type=_positive, help="epochs (default: the spec's)")
     t.add_argument("--batch-size", type=_positive, help="batch size (default: the spec's)")
     t.add_argument("--seed", type=_non_negative, help="seed (default: the spec's, else 0)")
+    t.add_argument("--tangents", type=_positive,
+                   help="tangents per step for forward-gradient estimators (default: the algorithm's)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")

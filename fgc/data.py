@@ -2,7 +2,8 @@
 
 ``load_dataset`` knows two built-in datasets, ``mnist`` and ``cifar10``, and any
 user ``.npz`` file. Built-ins are looked for, in order, in the ``data_dir``
-argument (``--data-dir``), in ``$FGC_DATA_DIR`` and through tensorflow-datasets
+argument (``--data-dir``), in ``$FGC_DATA_DIR``, in ``./data`` (relative to the
+working directory) and through tensorflow-datasets
 (imported lazily: fgc works without it). A data directory holds ``mnist.npz``
 (the Keras layout) and/or ``cifar10-jpeg.zip`` (``train/CLASS/NNNN.jpg`` and
 ``test/CLASS/NNNN.jpg``); the decoded CIFAR arrays are cached under
@@ -120,11 +121,14 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
 
 def _load_builtin(name: str, data_dir: str | os.PathLike | None) -> Dataset:
-    """Searches data_dir, $FGC_DATA_DIR, then tfds; one error lists every place looked."""
+    """Searches data_dir, $FGC_DATA_DIR, ./data, then tfds; one error lists every place
+    looked."""
     filename = _BUILTIN_FILES[name]
     tried = []
     env_dir = os.environ.get("FGC_DATA_DIR")
-    for label, folder in (("data_dir argument (--data-dir)", data_dir), ("$FGC_DATA_DIR", env_dir)):
+    places = (("data_dir argument (--data-dir)", data_dir), ("$FGC_DATA_DIR", env_dir),
+              ("./data", "data"))
+    for label, folder in places:
         if not folder:
             tried.append(f"{label}: not set")
             continue

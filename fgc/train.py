@@ -38,14 +38,14 @@ from jaxtyping import Array, PyTree
 from fgc import checkpoint
 from fgc.config import Call, TrainConfig
 from fgc.data import Dataset, iterate_batches, load_dataset, num_batches
-from fgc.errors import CheckpointError, DataError, FgError, TrainingError
+from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.estimators import UpdateRule
 from fgc.lower import Network, lower
 
 if False:  # typing only
     from fgc.program import Plan, Program
 
-__all__ = ["Run", "evaluate", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
+__all__ = ["Run", "evaluate", "with_tangents", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
            "prepare", "train"]
 
 
@@ -185,7 +185,7 @@ class Run:
 
 
 def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
-            data_dir: str | None = None, **overrides) -> Run:
+            data_dir: str | None = None, tangents: int | None = None, **overrides) -> Run:
     """Loads the spec and the data and builds the network, update rule and optimizer.
 
     Args:
@@ -194,6 +194,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
       dataset: ``mnist``, ``cifar10``, an ``.npz`` path or a :class:`~fgc.data.Dataset`
         (default: the spec's ``train.dataset``).
       data_dir: where to look for the built-in datasets.
+      tangents: tangents per step for every forward-gradient estimator (default:
+        the algorithm's).
       overrides: any :class:`~fgc.config.TrainConfig` field (``epochs``, ``batch_size``,
         ``seed``, ...); ``None`` values are ignored.
     """
@@ -203,6 +205,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     if algorithm is not None:
         cfg = replace(cfg, algorithm=algorithm)
     plan = prog.plan(cfg.algorithm)
+    if tangents is not None:
+        plan = with_tangents(plan, tangents)
     if isinstance(dataset, Dataset):
         data = dataset
     else:
@@ -222,6 +226,19 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     rule = UpdateRule.build(plan, net)
     tx, schedules = make_optimizer(plan, cfg, steps)
     return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
+
+
+def with_tangents(plan: Plan, k: int) -> Plan:
+    """The plan with ``k`` tangents per step for every forward-gradient estimator."""
+    if k < 1:
+        raise ValueError(f"tangents must be a positive integer, got {k}")
+
+    def fix(est):
+        return replace(est, tangents=k) if est is not None and est.kind == "forward" else est
+
+    groups = {name: replace(g, estimator=fix(g.estimator)) for name, g in plan.groups.items()}
+    return replace(plan, algorithm=replace(plan.algorithm, estimator=fix(plan.algorithm.estimator)),
+                   groups=groups)
 
 
 def _check_data(prog: Program, data: Dataset) -> None:
@@ -247,6 +264,7 @@ def _loss_name(loss_id: str) -> str:
 
 def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           dataset: str | Dataset | None = None, data_dir: str | None = None,
+          tangents: int | None = None,
           resume: bool = False, progress: bool | None = None, eval_train: bool = True,
           log: Callable[[str], None] | None = None,
           on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
@@ -281,11 +299,13 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     if not resume and (ckpt_path.exists() or metrics_path.exists()):
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or "
                             "choose another --out")
-    run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir, **overrides)
+    run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
+                  tangents=tangents, **overrides)
     cfg, data = run.train, run.data
     meta_fixed = {"spec_sha": _spec_hash(run.program), "spec": str(run.program.path),
                   "algorithm": cfg.algorithm or "bp", "dataset": data.name,
-                  "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs}
+                  "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
+                  "tangents": tangents}
     net, opt_state = run.init_state()
     start_epoch = 0
     if resume:
@@ -304,7 +324,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
     log(f"fgc train: {run.program.graph.meta.get('title') or run.program.path} · {algo} · {data.name} ({len(data.x_train)} train / {len(data.x_test)} test, "
-        f"{data.source}) · {cfg.epochs} epochs × {run.steps_per_epoch} steps of {cfg.batch_size}")
+        f"{data.source}) · {plural(cfg.epochs, 'epoch')} × {plural(run.steps_per_epoch, 'step')} "
+        f"of {cfg.batch_size}")
     for line in run.rule.describe():
         log(f"  {line}")
 
