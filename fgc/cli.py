@@ -132,9 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
 
-    from fgc import plot
+    from fgc import bench, diagnose, plot
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
+    bench.add_arguments(sub.add_parser("bench", help="time, memory and FLOPs of each "
+                                       "algorithm's train step, with ratios to BP"))
+    diagnose.add_arguments(sub.add_parser("diagnose", help="cosine and variance of an "
+                                          "algorithm's gradient estimates against the true "
+                                          "gradient"))
     return p
 
 

@@ -1,0 +1,217 @@
+"""`fgc bench`: the measurements, the report, the JSON, and what bad input says.
+
+One benchmark of a miniature LocalMixer (two algorithms, two timed steps) serves every test
+that needs measurements; the rest fail before anything compiles.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+
+import jax
+import pytest
+
+import fgc
+from fgc.bench import (BenchError, add_arguments, bench_spec, compare_replicated,
+                       replicated_configs, supported_algorithms)
+from fgc.lower import lower
+
+TINY = """
+spec "tiny bench"
+input x = image(8, 8, 1), classes = 4
+
+block stem(width, groups) {
+  h = in | dense(width) | layernorm | perturb | relu
+  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
+}
+
+block mixer(width, groups) {
+  t = in | token_mix | layernorm | perturb | relu
+  h = t | dense(width) | layernorm | perturb | relu
+  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
+        | add(in) | relu
+}
+
+head local_head(groups) = layernorm(groups = groups) | mean(patches) | linear(classes)
+head readout = mean(patches) | layernorm | linear(classes, init = zeros)
+
+network {
+  out x | patchify(2) | stem(8, 2) | mixer(8, 2)
+}
+
+loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2
+loss final = readout on output
+"""
+
+# The same network with only the final loss: no replicated loss, no local algorithms.
+FINAL_ONLY = TINY.replace(
+    "loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2\n", "") \
+    .replace("head local_head(groups) = layernorm(groups = groups) | mean(patches) | "
+             "linear(classes)\n", "")
+
+# Two algorithms keep the test fast: XLA:CPU takes seconds per train step to compile, two
+# to three times longer for forward-gradient steps; every algorithm goes the same path.
+ALGORITHMS = ["bp", "lg-bp"]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fgc bench")
+    add_arguments(p)
+    return p
+
+
+@pytest.fixture(scope="module")
+def spec(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "tiny.fg"
+    path.write_text(TINY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def final_only(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "final.fg"
+    path.write_text(FINAL_ONLY)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bench_run(spec, tmp_path_factory):
+    """`fgc bench` end to end through argparse: (exit status, stdout, stderr, JSON)."""
+    out = tmp_path_factory.mktemp("out") / "bench.json"
+    args = parser().parse_args([str(spec), "--algorithms", ",".join(ALGORITHMS),
+                                "--batch-size", "8", "--steps", "2", "--warmup", "1",
+                                "--json", str(out)])
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = args.fn(args)
+    return status, stdout.getvalue(), stderr.getvalue(), json.loads(out.read_text())
+
+
+def test_run_writes_json(bench_run):
+    status, stdout, stderr, result = bench_run
+    assert status == 0
+    assert stdout.rstrip().endswith("bench.json")
+    assert "[1/2] bp" in stderr and "[2/2] lg-bp" in stderr  # progress, not in the report
+    assert result["batch_size"] == 8 and result["steps"] == 2 and result["warmup"] == 1
+    assert result["jax"] == jax.__version__
+    assert result["device"]["kind"] == jax.devices()[0].device_kind
+
+
+def test_every_algorithm_measured(bench_run):
+    result = bench_run[3]
+    rows = {r["algorithm"]: r for r in result["algorithms"]}
+    assert list(rows) == ALGORITHMS
+    for r in rows.values():
+        s = r["step_seconds"]
+        assert s["n"] == 2 and len(s["all"]) == 2
+        assert 0 < s["min"] <= s["q1"] <= s["median"] <= s["q3"] <= s["max"]
+        assert r["compile_seconds"] > 0
+        assert r["images_per_second"] == pytest.approx(8 / s["median"])
+        assert r["flops"] > 0
+        assert r["flops_per_second"] == pytest.approx(r["flops"] / s["median"])
+        assert r["memory"]["temp_bytes"] >= 0 and r["footprint_bytes"] > 0
+        assert r["losses_finite"]
+
+
+def test_ratios_to_bp(bench_run):
+    rows = {r["algorithm"]: r for r in bench_run[3]["algorithms"]}
+    for figure in ("step_seconds", "compile_seconds", "flops", "footprint_bytes",
+                   "images_per_second"):
+        assert rows["bp"]["ratios_to_bp"][figure] == 1.0
+    q = rows["lg-bp"]["ratios_to_bp"]
+    assert q["flops"] == pytest.approx(rows["lg-bp"]["flops"] / rows["bp"]["flops"])
+    assert q["step_seconds"] == pytest.approx(rows["lg-bp"]["step_seconds"]["median"]
+                                              / rows["bp"]["step_seconds"]["median"])
+
+
+def test_report_table(bench_run):
+    stdout = bench_run[1]
+    lines = stdout.splitlines()
+    assert lines[0].startswith("fgc bench: tiny bench") and f"jax {jax.__version__}" in lines[0]
+    header = lines[1].split()
+    for column in ("algorithm", "compile", "step", "images/s", "GFLOP/step", "GFLOP/s", "×BP"):
+        assert column in header
+    rows = {line.split()[0]: line.split() for line in lines[3:5]}
+    assert set(rows) == set(ALGORITHMS)
+    assert rows["bp"][-3:] == ["1.00", "1.00", "1.00"]
+    widths = {len(line) for line in lines[1:5]}
+    assert len(widths) <= 2  # aligned (a row may end shorter than the header)
+    assert "replicated loss `local@stem.1`, `local@mixer.1`: B=8 P=4 C=8 G=2 K=4" in stdout
+    assert "naive/fused" in stdout
+
+
+def test_replicated_comparison(bench_run):
+    rep = bench_run[3]["replicated"]
+    [cfg] = rep["configs"]  # both blocks' losses have the same size
+    assert (cfg["batch"], cfg["patches"], cfg["channels"], cfg["groups"], cfg["classes"]) == \
+        (8, 4, 8, 2, 4)
+    assert cfg["losses"] == ["loss:local@stem.1", "loss:local@mixer.1"]
+    for key in ("fused_jvp", "fused_vjp", "naive_jvp", "naive_vjp"):
+        assert cfg[key]["seconds"]["median"] > 0 and cfg[key]["footprint_bytes"] > 0
+    assert cfg["naive_over_fused_jvp"]["time"] > 0
+    assert cfg["naive_over_fused_vjp"]["footprint"] > 0
+
+
+def test_naive_replicated_skipped_over_limit():
+    # Masks of 4·2·4·8 floats = 1 KiB: under 1 byte, not even compiled.
+    tiny = compare_replicated(8, 4, 8, 2, 4, steps=1, warmup=0, naive_limit_bytes=1)
+    assert "masks alone" in tiny["naive_jvp"]["skipped"]
+    assert "compile_seconds" not in tiny["naive_jvp"]
+    assert tiny["fused_jvp"]["seconds"]["n"] == 1
+    # Under 4 KiB the masks fit, but XLA's memory analysis of the compiled naive VJP does not.
+    small = compare_replicated(8, 4, 8, 2, 4, steps=1, warmup=0, naive_limit_bytes=4096)
+    assert small["naive_vjp"]["skipped"].startswith("XLA needs")
+    assert small["naive_vjp"]["footprint_bytes"] > 4096 and "seconds" not in small["naive_vjp"]
+    assert small["naive_over_fused_vjp"]["footprint"] > 1
+    assert "time" not in small["naive_over_fused_vjp"]
+
+
+def test_no_replicated_loss(final_only):
+    plan = fgc.load(final_only).plan("bp")
+    assert replicated_configs(lower(plan, jax.random.key(0)), 8) == []
+
+
+def test_unknown_algorithm_names_known_ones(spec):
+    with pytest.raises(BenchError) as e:
+        bench_spec(spec, ["bp", "lg-fg-aa"], steps=1)
+    msg = str(e.value)
+    assert isinstance(e.value, fgc.FgError)
+    assert "`lg-fg-aa`" in msg and "did you mean `lg-fg-a`?" in msg
+    for name in fgc.presets():
+        assert name in msg.split("known:")[1]
+
+
+def test_algorithm_the_spec_cannot_run(final_only):
+    with pytest.raises(BenchError, match="algorithm `lg-bp` cannot run on") as e:
+        bench_spec(final_only, ["bp", "lg-bp"], steps=1)
+    assert "error[E505]" in str(e.value) and "--algorithms" in str(e.value)
+    names, skipped = supported_algorithms(final_only)
+    assert names == ["bp", "fg-w", "fg-a"]
+    assert set(skipped) == {"l-bp", "lg-bp", "lg-fg-w", "lg-fg-a"}
+    assert all("local" in why for why in skipped.values())
+
+
+def test_spec_errors_are_fg_errors(tmp_path):
+    bad = tmp_path / "bad.fg"
+    bad.write_text(TINY.replace("dense(width)", "dens(width)"))
+    with pytest.raises(fgc.SpecError):
+        bench_spec(bad, ["bp"])
+    with pytest.raises(fgc.FgError, match="no such file"):
+        bench_spec(tmp_path / "missing.fg", ["bp"])
+
+
+def test_bad_sizes(spec, capsys):
+    with pytest.raises(BenchError, match="steps must be an integer ≥ 1"):
+        bench_spec(spec, ["bp"], steps=0)
+    with pytest.raises(SystemExit):
+        parser().parse_args([str(spec), "--batch-size", "0"])
+    assert "expected an integer ≥ 1" in capsys.readouterr().err
+
+
+def test_json_folder_missing_fails_first(spec, tmp_path):
+    args = parser().parse_args([str(spec), "--json", str(tmp_path / "no" / "out.json")])
+    with pytest.raises(BenchError, match="does not exist"):
+        args.fn(args)
