@@ -547,6 +547,11 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
                               "passes": UpdateRule.build(variant_plans[kind], net).describe()
                               if kind in rules else None} for kind in KINDS},
         "end_to_end": {"available": e2e_ok, "note": e2e_note},
+        "table1_prediction": {
+            "available": per_example is not None,
+            "note": None if per_example is not None else
+            "needs exact per-example gradients, which a layer that mixes the examples of a "
+            "batch (batch norm) does not have"},
         "definitions": {
             "cos_target": "mean over batches and draws of cos(estimate, exact gradient of the "
                           "algorithm's target under its stop-gradients)",
@@ -957,6 +962,9 @@ def format_table(r: dict) -> str:
             lines.append(f"{l['layer']:<{w}}{l['fan_in']:>8}{l['fan_out']:>9}"
                          f"{_fmt(l['ratio_measured'], 1):>11}{_fmt(l['ratio_predicted'], 1):>11}"
                          f"{_fmt(l['coherence'], 3):>11}")
+        note = (r.get("table1_prediction") or {}).get("note")
+        if note:
+            lines.append(f"Table 1 column: {note}")
     return "\n".join(lines)
 
 

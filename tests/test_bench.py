@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import io
 import json
+from pathlib import Path
 
 import jax
 import pytest
@@ -215,3 +216,14 @@ def test_json_folder_missing_fails_first(spec, tmp_path):
     args = parser().parse_args([str(spec), "--json", str(tmp_path / "no" / "out.json")])
     with pytest.raises(BenchError, match="does not exist"):
         args.fn(args)
+
+
+SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.fg"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_in_the_corpus_benches_every_preset(path):
+    """`fgc bench SPEC` without --algorithms runs what supported_algorithms returns: for
+    the corpus, all seven algorithms (timing them all here would take minutes per spec)."""
+    names, skipped = supported_algorithms(path)
+    assert names == list(fgc.presets()) and skipped == {}

@@ -11,6 +11,7 @@ import contextlib
 import io
 import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -221,3 +222,18 @@ def test_cli_reports_errors_without_traceback(spec, capsys):
     err = capsys.readouterr().err
     assert status == 1
     assert "Traceback" not in err and "nothing to diagnose" in err
+
+
+SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.fg"))
+
+
+@pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
+def test_every_spec_in_the_corpus_has_both_estimators(path):
+    """Every corpus spec can be diagnosed with weight and activity perturbation side by side
+    (the measurement itself is exercised on the miniature spec above)."""
+    import fgc
+    from fgc.diagnose import _variant_plans
+    prog = fgc.load(path)
+    for name in ("fg-a", "lg-fg-w"):
+        plans, missing = _variant_plans(prog, prog.plan(name), name)
+        assert set(plans) == {"activity", "weights"} and missing == {}
