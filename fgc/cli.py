@@ -71,7 +71,7 @@ def _cmd_train(args) -> int:
     try:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
-                        tangents=args.tangents,
+                        tangents=args.tangents, credit=args.credit,
                         batch_size=args.batch_size, seed=args.seed,
                         eval_train=not args.no_train_error)
     except KeyboardInterrupt:
@@ -127,6 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--seed", type=_non_negative, help="seed (default: the spec's, else 0)")
     t.add_argument("--tangents", type=_positive,
                    help="tangents per step for forward-gradient estimators (default: the algorithm's)")
+    t.add_argument("--credit", choices=("exact", "ignore_norm"),
+                   help="how forward-gradient estimators credit replicated losses: exact "
+                   "(unbiased) or ignore_norm (as Ren et al.'s released code; default: the "
+                   "algorithm's)")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")

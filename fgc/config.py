@@ -19,6 +19,10 @@ PERTURB = ("activity", "weights")
 NOISE = ("gaussian", "rademacher")
 AGGREGATE = ("mean",)  # orthogonal projection ([M]) plugs in here
 GUESS = ("random",)  # local auxiliary nets and NTK guesses ([F]) plug in here
+# How replica derivatives are credited to units: `exact` follows every path (unbiased);
+# `ignore_norm` treats normalisation layers as if they kept channel groups and patches
+# apart, as Ren et al.'s released code does (biased, lower variance; docs/language.md).
+CREDIT = ("exact", "ignore_norm")
 TARGETS = ("local", "global")
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad", "lamb", "lars", "lion", "nadam")
 SCHEDULES = {"constant": (), "linear": ("end",), "cosine": ("warmup_epochs", "end"),
@@ -35,11 +39,13 @@ class Estimator:
     tangents: int = 1
     aggregate: str = "mean"
     guess: str = "random"
+    credit: str = "exact"
 
     def describe(self) -> str:
         if self.kind == "backprop":
             return "backprop"
-        return f"forward({self.perturb}, {self.noise}, K={self.tangents})"
+        credit = "" if self.credit == "exact" else f", credit={self.credit}"
+        return f"forward({self.perturb}, {self.noise}, K={self.tangents}{credit})"
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,7 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
               "forward(perturb = activity, noise = gaussian, tangents = 1)")
         return None
     kw = {}
-    allowed = ("perturb", "noise", "tangents", "aggregate", "guess")
+    allowed = ("perturb", "noise", "tangents", "aggregate", "guess", "credit")
     for k in v.kwargs:
         if k.name not in allowed:
             d.add("E203", f"forward(...) has no argument `{k.name}`", k.span,
@@ -168,7 +174,8 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
         d.add("E204", "forward(...) needs `perturb = activity` or `perturb = weights`", v.span)
         return None
     out = {"perturb": _choice(kw["perturb"], PERTURB, "perturb", d)}
-    for name, choices in (("noise", NOISE), ("aggregate", AGGREGATE), ("guess", GUESS)):
+    for name, choices in (("noise", NOISE), ("aggregate", AGGREGATE), ("guess", GUESS),
+                          ("credit", CREDIT)):
         if name in kw:
             out[name] = _choice(kw[name], choices, name, d)
     if "tangents" in kw:

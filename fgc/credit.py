@@ -80,16 +80,23 @@ def _mixes_examples(graph: Graph, nid: str, loss: LossInfo) -> bool:
                if graph.node(n).kind in OPS)
 
 
-def credits(graph: Graph, nid: str) -> list[Credit]:
-    """The credit rule of every loss that a unit of ``nid``'s output reaches."""
+def credits(graph: Graph, nid: str, rule: str = "exact") -> list[Credit]:
+    """The credit rule of every loss that a unit of ``nid``'s output reaches.
+
+    ``rule`` is the estimator's ``credit``: ``exact`` follows every path; ``ignore_norm``
+    lets a unit answer to its own patch and group through normalisation layers that in
+    fact mix them (Ren et al.'s released code; biased, with less variance).
+    """
     out = []
     shape = graph.node(nid).shape
     for loss in graph.losses.values():
         if not reaches(graph, nid, loss):
             continue
-        mixes_p, kept = mixing_downstream(graph, nid, {loss.source})
+        ignore_norm = rule == "ignore_norm"
+        mixes_p, kept = mixing_downstream(graph, nid, {loss.source}, norms_local=ignore_norm)
         src = graph.node(loss.source)
-        mixes_p |= OPS[src.kind].mixes_patches if src.kind in OPS else False
+        if src.kind in OPS and not (ignore_norm and OPS[src.kind].role == "norm"):
+            mixes_p |= OPS[src.kind].mixes_patches
         keep_p = ("patches" in loss.replicate and not mixes_p and len(shape) >= 2
                   and tuple(shape[:-1]) == tuple(src.shape[:-1]))
         g = loss.groups if "groups" in loss.replicate else 0

@@ -160,11 +160,6 @@ def _variant_plans(prog, plan, name: str) -> tuple[dict, dict]:
     return plans, missing
 
 
-def _with_tangents(plan, k: int):
-    algo = plan.algorithm
-    return replace(plan, algorithm=replace(algo, estimator=replace(algo.estimator, tangents=k)))
-
-
 # --- data ---------------------------------------------------------------------------------------
 
 def _dataset(prog, dataset, data_dir, batch_size: int, batches: int, seed: int):
@@ -350,7 +345,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
              batches: int = DEFAULT_BATCHES, draws: int = DEFAULT_DRAWS,
              batch_size: int | None = None, dataset=None, data_dir: str | None = None,
              seed: int | None = None, warmup_steps: int = DEFAULT_WARMUP,
-             memory_budget: int | None = None,
+             memory_budget: int | None = None, credit: str | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measures cosine similarity and variance of an algorithm's forward-gradient estimates.
 
@@ -371,6 +366,8 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         at initialisation).
       memory_budget: bytes one vmapped chunk of draws may use (default a quarter of the free
         device memory).
+      credit: the estimators' credit rule, ``exact`` or ``ignore_norm`` (default: the
+        algorithm's).
       log: progress lines (default: none).
 
     Returns:
@@ -392,7 +389,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     from fgc.lower import lower
     from fgc.ops import OPS
     from fgc.program import Program, load
-    from fgc.train import make_step, prepare
+    from fgc.train import make_step, prepare, with_estimator
 
     log = log or (lambda _: None)
     ks = _check_settings(tangents, batches, draws, batch_size, warmup_steps, seed)
@@ -409,11 +406,17 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         raise DiagnoseError(f"`{name}` uses backprop and only some parameter groups set a "
                             "forward estimator; diagnose varies the algorithm's estimator, so "
                             "give the algorithm a forward(...) estimator instead")
+    if credit is not None:
+        try:
+            plan = with_estimator(plan, credit=credit)
+        except ValueError as e:
+            raise DiagnoseError(f"{e}; pass --credit exact or --credit ignore_norm") from None
     variant_plans, missing = _variant_plans(prog, plan, name)
     cfg_batch = batch_size or prog.train.batch_size
     cfg_seed = prog.train.seed if seed is None else seed
     data = _dataset(prog, dataset, data_dir, cfg_batch, batches, cfg_seed)
-    run = prepare(prog, algorithm=name, dataset=data, batch_size=cfg_batch, seed=cfg_seed)
+    run = prepare(prog, algorithm=name, dataset=data, batch_size=cfg_batch, seed=cfg_seed,
+                  credit=credit)
     cfg = run.train
     B = cfg.batch_size
 
@@ -456,7 +459,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     weights = [i for i, l in enumerate(leaves) if l.param == "weight"]
     mixes_examples = any(OPS[s.kind].mixes_examples for s in net.steps if s.kind in OPS)
 
-    rules = {kind: {k: UpdateRule.build(_with_tangents(p, k), net) for k in ks}
+    rules = {kind: {k: UpdateRule.build(with_estimator(p, tangents=k), net) for k in ks}
              for kind, p in variant_plans.items()}
     available = _available_bytes()
     budget = memory_budget or max(256 << 20, available // 4)
@@ -531,6 +534,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         "target": plan.algorithm.target,
         "greedy": plan.algorithm.greedy,
         "estimator": plan.algorithm.estimator.describe(),
+        "credit": plan.algorithm.estimator.credit,
         "dataset": run.data.name,
         "data_source": run.data.source,
         "batch_size": B,
@@ -1024,6 +1028,8 @@ def add_arguments(parser) -> None:
                         help="training steps with the algorithm before measuring, so the "
                         "zero-initialised readout passes an end-to-end gradient (default: "
                         f"{DEFAULT_WARMUP}; 0 reports it as undefined)")
+    parser.add_argument("--credit", choices=("exact", "ignore_norm"),
+                        help="credit rule of the estimators (default: the algorithm's)")
     parser.add_argument("-o", "--out", required=True, metavar="DIR",
                         help="folder for diagnose.json and the figures (created if missing)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -1038,6 +1044,7 @@ def run(args) -> int:
     result = diagnose(args.spec, args.algorithm, tangents=args.tangents, batches=args.batches,
                       draws=args.draws, batch_size=args.batch_size, dataset=args.dataset,
                       data_dir=args.data_dir, seed=args.seed, warmup_steps=args.warmup_steps,
+                      credit=getattr(args, "credit", None),
                       log=None if getattr(args, "quiet", False) else log)
     written = save(result, args.out)
     print(format_table(result))

@@ -166,10 +166,10 @@ class UpdateRule:
         passes = []
         for e, nodes in forward.items():
             if e.perturb == "weights":
-                rules = tuple(_weight_rule(g, n) for n in sorted(nodes))
+                rules = tuple(_weight_rule(g, n, e.credit) for n in sorted(nodes))
                 passes.append(Pass("weights", e, frozenset(nodes), weights=rules))
             else:
-                sites = tuple(r for r in (_site_rule(g, net, s) for s in net.sites)
+                sites = tuple(r for r in (_site_rule(g, net, s, e.credit) for s in net.sites)
                               if r.owners & nodes)
                 passes.append(Pass("activity", e, frozenset(nodes), sites=sites))
         heads_set = frozenset(n for n, _ in heads)
@@ -198,6 +198,8 @@ class UpdateRule:
             extra = f", {len(p.sites)} sites" if p.sites else ""
             if p.kind != "exact":
                 extra += f", {p.estimator.noise}, K={p.estimator.tangents}"
+                if p.estimator.credit != "exact":
+                    extra += f", credit={p.estimator.credit}"
             out.append(f"{what}: {len(p.nodes)} parameter nodes{extra}")
         return out
 
@@ -360,14 +362,14 @@ def _expand_units(c: Array, shape: tuple[int, ...], kind: str) -> Array:
 
 # --- static analysis ------------------------------------------------------------------------
 
-def _weight_rule(g, nid: str) -> WeightRule:
+def _weight_rule(g, nid: str, credit: str = "exact") -> WeightRule:
     d = g.node(nid)
     out = d.shape[0] if d.kind == "token_mix" else d.shape[-1]
-    return WeightRule(nid, d.kind, int(out), tuple(credits(g, nid)))
+    return WeightRule(nid, d.kind, int(out), tuple(credits(g, nid, credit)))
 
 
-def _site_rule(g, net: Network, site: str) -> SiteRule:
-    return SiteRule(site, tuple(g.node(site).shape), tuple(credits(g, site)),
+def _site_rule(g, net: Network, site: str, credit: str = "exact") -> SiteRule:
+    return SiteRule(site, tuple(g.node(site).shape), tuple(credits(g, site, credit)),
                     _relu_after(net, site), frozenset(_segment_owners(g, site)))
 
 

@@ -36,13 +36,16 @@ def infer_shapes(graph: Graph, diags) -> None:
             diags.add(e.code, msg, d.span, e.hint)
 
 
-def mixing_downstream(graph: Graph, start: str, stop: set[str]) -> tuple[bool, int | None]:
+def mixing_downstream(graph: Graph, start: str, stop: set[str],
+                      norms_local: bool = False) -> tuple[bool, int | None]:
     """What happens to a unit of ``start`` on its way to any node in ``stop``.
 
     Returns (mixes_patches, groups_kept): whether some path mixes patches, and
     the finest channel-group count G such that every path keeps groups of
     ``G`` apart (None when some path mixes all channels, 0 when no op on any path
-    touches channels across units, i.e. any grouping is kept).
+    touches channels across units, i.e. any grouping is kept). With
+    ``norms_local`` normalisation layers count as keeping every unit apart (the
+    ``ignore_norm`` credit rule).
     """
     mixes_patches = False
     groups = 0  # 0 = no constraint yet
@@ -58,6 +61,9 @@ def mixing_downstream(graph: Graph, start: str, stop: set[str]) -> tuple[bool, i
             if d.role == "loss" or nxt in stop:
                 continue
             op = OPS[d.kind]
+            if norms_local and op.role == "norm":
+                frontier.append(nxt)
+                continue
             mixes_patches |= op.mixes_patches
             g = group_count(op, d.attrs)
             if op.mixes_channels or g == 1:

@@ -45,7 +45,7 @@ from fgc.lower import Network, lower
 if False:  # typing only
     from fgc.program import Plan, Program
 
-__all__ = ["Run", "evaluate", "with_tangents", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
+__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
            "prepare", "train"]
 
 
@@ -185,7 +185,8 @@ class Run:
 
 
 def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
-            data_dir: str | None = None, tangents: int | None = None, **overrides) -> Run:
+            data_dir: str | None = None, tangents: int | None = None,
+            credit: str | None = None, **overrides) -> Run:
     """Loads the spec and the data and builds the network, update rule and optimizer.
 
     Args:
@@ -196,6 +197,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
       data_dir: where to look for the built-in datasets.
       tangents: tangents per step for every forward-gradient estimator (default:
         the algorithm's).
+      credit: credit rule of every forward-gradient estimator, ``exact`` or
+        ``ignore_norm`` (default: the algorithm's).
       overrides: any :class:`~fgc.config.TrainConfig` field (``epochs``, ``batch_size``,
         ``seed``, ...); ``None`` values are ignored.
     """
@@ -205,8 +208,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     if algorithm is not None:
         cfg = replace(cfg, algorithm=algorithm)
     plan = prog.plan(cfg.algorithm)
-    if tangents is not None:
-        plan = with_tangents(plan, tangents)
+    if tangents is not None or credit is not None:
+        plan = with_estimator(plan, tangents=tangents, credit=credit)
     if isinstance(dataset, Dataset):
         data = dataset
     else:
@@ -228,13 +231,18 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
 
 
-def with_tangents(plan: Plan, k: int) -> Plan:
-    """The plan with ``k`` tangents per step for every forward-gradient estimator."""
-    if k < 1:
-        raise ValueError(f"tangents must be a positive integer, got {k}")
+def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None) -> Plan:
+    """The plan with every forward-gradient estimator changed: ``tangents`` per step,
+    ``credit`` rule (:data:`fgc.config.CREDIT`); ``None`` keeps the algorithm's."""
+    from fgc.config import CREDIT
+    if tangents is not None and tangents < 1:
+        raise ValueError(f"tangents must be a positive integer, got {tangents}")
+    if credit is not None and credit not in CREDIT:
+        raise ValueError(f"credit must be one of {', '.join(CREDIT)}, got {credit!r}")
+    changes = {k: v for k, v in (("tangents", tangents), ("credit", credit)) if v is not None}
 
     def fix(est):
-        return replace(est, tangents=k) if est is not None and est.kind == "forward" else est
+        return replace(est, **changes) if est is not None and est.kind == "forward" else est
 
     groups = {name: replace(g, estimator=fix(g.estimator)) for name, g in plan.groups.items()}
     return replace(plan, algorithm=replace(plan.algorithm, estimator=fix(plan.algorithm.estimator)),
@@ -264,7 +272,7 @@ def _loss_name(loss_id: str) -> str:
 
 def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           dataset: str | Dataset | None = None, data_dir: str | None = None,
-          tangents: int | None = None,
+          tangents: int | None = None, credit: str | None = None,
           resume: bool = False, progress: bool | None = None, eval_train: bool = True,
           log: Callable[[str], None] | None = None,
           on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
@@ -274,7 +282,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
       spec: spec path or :class:`~fgc.program.Program`.
       out: run directory; created if missing. An existing run there is continued
         with ``resume=True`` and never overwritten otherwise.
-      algorithm, dataset, data_dir, overrides: as :func:`prepare`.
+      algorithm, dataset, data_dir, tangents, credit, overrides: as :func:`prepare`.
       resume: continue from ``out/checkpoint.eqx``.
       progress: a progress bar (default: when stderr is a terminal); else one line
         per epoch through ``log``.
@@ -300,12 +308,12 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or "
                             "choose another --out")
     run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
-                  tangents=tangents, **overrides)
+                  tangents=tangents, credit=credit, **overrides)
     cfg, data = run.train, run.data
     meta_fixed = {"spec_sha": _spec_hash(run.program), "spec": str(run.program.path),
                   "algorithm": cfg.algorithm or "bp", "dataset": data.name,
                   "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
-                  "tangents": tangents}
+                  "tangents": tangents, "credit": credit}
     net, opt_state = run.init_state()
     start_epoch = 0
     if resume:

@@ -189,3 +189,65 @@ def test_rademacher_noise_is_unbiased_too(program):
         jax.random.split(jax.random.key(5), 4000))
     mean = np.asarray(e).mean(0)
     assert mean @ true / (np.linalg.norm(mean) * np.linalg.norm(true)) > 0.99
+
+
+def _with_credit(plan, credit):
+    from fgc.train import with_estimator
+    return with_estimator(plan, credit=credit)
+
+
+def test_ignore_norm_credits_a_dense_layer_per_group(program):
+    """Under `credit = ignore_norm` a dense layer followed by a full LayerNorm answers to
+    its own group's replicas (the released code's rule); `exact` sums every group."""
+    plan = program.plan("lg-fg-w")
+    net = _net(program, "lg-fg-w")
+    exact = {w.node: w.credits[0] for w in UpdateRule.build(plan, net).passes[0].weights}
+    loose = {w.node: w.credits[0]
+             for w in UpdateRule.build(_with_credit(plan, "ignore_norm"), net).passes[0].weights}
+    assert exact["stem.1/dense.0"].groups == 0 and loose["stem.1/dense.0"].groups == 2
+    # A group-linear layer followed by a per-group norm is per group under both rules.
+    assert exact["stem.1/group_linear.4"] == loose["stem.1/group_linear.4"]
+    assert exact["stem.1/group_linear.4"].groups == 2
+
+
+def test_ignore_norm_lowers_weight_perturbation_variance(program):
+    plan = program.plan("lg-fg-w")
+    net = _net(program, "lg-fg-w")
+    x, y = _batch()
+
+    def spread(p):
+        rule = UpdateRule.build(p, net)
+        e = jax.jit(jax.vmap(lambda key: _backbone_jnp(rule.estimate(net, x, y, key).grads)))(
+            jax.random.split(jax.random.key(12), 400))
+        return float(np.asarray(e).var(axis=0).sum())
+
+    assert spread(_with_credit(plan, "ignore_norm")) < 0.9 * spread(plan)
+
+
+def test_credit_rules_agree_on_activity_sites_after_norms(program):
+    """LocalMixer's sites follow their norms: both rules give the same estimate."""
+    plan = program.plan("lg-fg-a")
+    net = _net(program, "lg-fg-a")
+    x, y = _batch()
+    key = jax.random.key(3)
+    a = _backbone(UpdateRule.build(plan, net).estimate(net, x, y, key).grads)
+    b = _backbone(UpdateRule.build(_with_credit(plan, "ignore_norm"), net)
+                  .estimate(net, x, y, key).grads)
+    np.testing.assert_array_equal(a, b)
+
+
+def test_credit_is_part_of_the_language():
+    prog = fgc.loads(SPEC + """
+algorithm lg-fg-w-coded {
+  target = local
+  greedy = true
+  estimator = forward(perturb = weights, credit = ignore_norm)
+}
+""", "credit.fg")
+    est = prog.plan("lg-fg-w-coded").algorithm.estimator
+    assert est.credit == "ignore_norm"
+    assert "credit=ignore_norm" in est.describe()
+    with pytest.raises(fgc.SpecError) as e:
+        fgc.loads(SPEC + "algorithm a {\n  estimator = forward(perturb = weights, "
+                  "credit = ignore_norms)\n}\n", "bad.fg")
+    assert "ignore_norm" in str(e.value) and "bad.fg:" in str(e.value)
