@@ -319,8 +319,9 @@ def _activity(params, static, x, labels, key, p: Pass):
 
     # The local backward: the same forward with gradients cut at every site, so
     # each site's cotangent reaches only the layers between it and the sites
-    # before it; the losses' own gradient then reaches only the heads. (XLA
-    # merges this forward with the primal of the jvp above.)
+    # before it; the losses' own gradient then reaches only the heads. XLA does
+    # not reliably merge this forward with the jvp's primal: it is recomputed,
+    # about one forward pass of extra FLOPs (BENCHMARKS.md, "LG-FG-A vs BP").
     def f(params_):
         out = eqx.combine(params_, static).forward(x, labels, cut_sites=True)
         return objective(out.losses), {s.site: out.site_inputs[s.site] for s in p.sites}
