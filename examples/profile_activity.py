@@ -1,0 +1,92 @@
+"""Where the FLOPs of an activity-perturbation step go, piece by piece, against backprop.
+
+    python examples/profile_activity.py specs/mixer-m-8-16.fg --batch-size 128
+
+Compiles (ahead of time, nothing is run unless ``--time``) the pieces of the LG-FG-A
+estimate: the plain forward, the forward with gradients cut at the sites, the jvp with a
+tangent at every site, the jvp and a plain forward in one program (does XLA merge the
+jvp's primal with the forward?), the noise, and the whole estimate; next to BP's and
+LG-BP's. Prints XLA's FLOP count (and with ``--time`` the median wall time) of each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import fgc
+from fgc.estimators import UpdateRule, sample_noise
+from fgc.lower import lower
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("spec")
+    ap.add_argument("--algorithm", default="lg-fg-a")
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--time", action="store_true", help="also run each piece and time it")
+    a = ap.parse_args()
+
+    prog = fgc.load(a.spec)
+    shape, b = tuple(prog.graph.meta["input_shape"]), a.batch_size
+    x = jax.random.normal(jax.random.key(0), (b, *shape))
+    y = jax.random.randint(jax.random.key(1), (b,), 0, int(prog.graph.meta.get("classes") or 10))
+    key = jax.random.key(2)
+
+    def measure(label, f, *args):
+        compiled = jax.jit(f).lower(*args).compile()
+        flops = compiled.cost_analysis()["flops"] / 1e9
+        line = f"{label:<44}{flops:>10.3f} GFLOP"
+        if a.time:
+            times = []
+            for _ in range(5):
+                t = time.perf_counter()
+                jax.block_until_ready(compiled(*args))
+                times.append(time.perf_counter() - t)
+            line += f"{np.median(times[1:]) * 1e3:>10.1f} ms"
+        print(line, flush=True)
+
+    for name in ("bp", "lg-bp", a.algorithm):
+        plan = prog.plan(name)
+        net = lower(plan, jax.random.key(0))
+        rule = UpdateRule.build(plan, net)
+        measure(f"{name}: whole estimate", lambda n, x, y, r=rule: r.estimate(n, x, y, key).grads,
+                net, x, y)
+
+    act = next(p for p in rule.passes if p.kind == "activity")
+    params, static = eqx.partition(net, eqx.is_array)
+    zeros = {s.site: jnp.zeros((b, *s.shape)) for s in act.sites}
+    z = {s.site: jnp.ones((b, *s.shape)) for s in act.sites}
+
+    def forward(p, x, y):
+        return eqx.combine(p, static).forward(x, y).losses
+
+    def cut_forward(p, x, y):
+        return eqx.combine(p, static).forward(x, y, cut_sites=True).losses
+
+    def jvp(p, x, y, z):
+        n = eqx.combine(p, static)
+        return jax.jvp(lambda e: n.forward(x, y, noise=e).losses, (zeros,), (z,))
+
+    def jvp_and_forward(p, x, y, z):
+        return jvp(p, x, y, z), forward(p, x, y)
+
+    def noise(k):
+        keys = jax.random.split(k, len(act.sites))
+        return [sample_noise(act.estimator.noise, kk, (1, b, *s.shape), jnp.float32)
+                for kk, s in zip(keys, act.sites)]
+
+    measure("  forward", forward, params, x, y)
+    measure("  forward cut at the sites", cut_forward, params, x, y)
+    measure("  jvp, a tangent at every site", jvp, params, x, y, z)
+    measure("  jvp + forward in one program", jvp_and_forward, params, x, y, z)
+    measure(f"  noise ({len(act.sites)} sites, {act.estimator.noise})", noise, key)
+
+
+if __name__ == "__main__":
+    main()
