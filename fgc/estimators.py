@@ -306,24 +306,24 @@ def _activity(params, static, x, labels, key, p: Pass):
     net = eqx.combine(params, static)
 
     def run(noise):
-        out = net.forward(x, labels, noise=noise, keep_values=bool(masks_of))
+        out = net.forward(x, labels, noise=noise, keep_values=True)
         masks = {s: out.values[m] > 0 for s, m in masks_of.items()}
-        return out.losses, (out.losses, masks)
+        return out.losses, (out.losses, masks, out.values)
 
     def one(t):
         _, dl, aux = jax.jvp(run, (zeros,), (t,), has_aux=True)
         return dl, aux
 
     # The forward pass with every site's tangent: d[k] for each loss replica.
-    dls, (losses, masks) = jax.vmap(one, out_axes=(0, None))(z)
+    dls, (losses, masks, values) = jax.vmap(one, out_axes=(0, None))(z)
 
     # The local backward: the same forward with gradients cut at every site, so
     # each site's cotangent reaches only the layers between it and the sites
-    # before it; the losses' own gradient then reaches only the heads. XLA does
-    # not reliably merge this forward with the jvp's primal: it is recomputed,
-    # about one forward pass of extra FLOPs (BENCHMARKS.md, "LG-FG-A vs BP").
+    # before it; the losses' own gradient then reaches only the heads. It is
+    # differentiated at the jvp's primal values instead of recomputing them, so
+    # no layer's forward runs twice (BENCHMARKS.md, "LG-FG-A vs BP").
     def f(params_):
-        out = eqx.combine(params_, static).forward(x, labels, cut_sites=True)
+        out = eqx.combine(params_, static).forward(x, labels, cut_sites=True, primals=values)
         return objective(out.losses), {s.site: out.site_inputs[s.site] for s in p.sites}
 
     (j, _), pull = jax.vjp(f, params)

@@ -213,7 +213,7 @@ class Network(eqx.Module):
 
     def forward(self, x: Array, labels: Int[Array, " batch"] | None = None, *,
                 noise: dict[str, Array] | None = None, keep_values: bool = False,
-                cut_sites: bool = False) -> Forward:
+                cut_sites: bool = False, primals: dict[str, Array] | None = None) -> Forward:
         """Runs the whole program: every loss, with optional activity noise.
 
         Args:
@@ -230,11 +230,17 @@ class Network(eqx.Module):
             site, so that differentiating ``site_inputs`` gives each layer's
             local backward only, never across another site (the
             activity-perturbation estimator, :mod:`fgc.estimators`).
+          primals: every node's output from an earlier run on the same ``x``
+            (``keep_values``). Each op is then differentiated at those values
+            instead of being recomputed: an op's own output is only used for its
+            derivative, so XLA drops a linear layer's forward matmul, and a
+            reverse pass over this run costs the backward alone.
 
         Returns:
           A :class:`Forward` with per-example losses, logits and site values.
         """
-        vals, sites, site_inputs = self._run(x, noise or {}, need=None, cut=cut_sites)
+        vals, sites, site_inputs = self._run(x, noise or {}, need=None, cut=cut_sites,
+                                             primals=primals)
         logits = {l.id: vals[l.logits_node] for l in self.loss_heads}
         losses = {}
         if labels is not None:
@@ -251,7 +257,7 @@ class Network(eqx.Module):
         normalised input); for inspection and for estimators that need layer inputs."""
         return self._run(x, noise or {}, need=None)[0]
 
-    def _run(self, x, noise, need, cut=False):
+    def _run(self, x, noise, need, cut=False, primals=None):
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected inputs [B, {', '.join(map(str, self.input_shape))}], "
                              f"got shape {tuple(x.shape)}")
@@ -260,7 +266,9 @@ class Network(eqx.Module):
             if unknown:
                 raise ValueError(f"noise for unknown perturbation sites {unknown}; "
                                  f"sites: {list(self.sites)}")
-        if self.input_mean is not None:
+        if primals is not None:
+            x = primals[self.input_id]
+        elif self.input_mean is not None:
             x = _normalize(x, self.input_mean, self.input_std)
         wanted = None if need is None else _ancestors(self.steps, need)
         vals: dict[str, Array] = {self.input_id: x}
@@ -276,6 +284,10 @@ class Network(eqx.Module):
                 vals[s.id] = sites[s.id] = self.layers[s.id](u, (noise or {}).get(s.id))
             else:
                 vals[s.id] = self.layers[s.id](*args)
+            if primals is not None:
+                vals[s.id] = _at_primal(primals[s.id], vals[s.id])
+                if s.id in sites:
+                    sites[s.id] = vals[s.id]
         return vals, sites, site_inputs
 
     def _fused_loss(self, loss: LossHead, vals: dict, labels: Array) -> Array:
@@ -297,6 +309,19 @@ class Network(eqx.Module):
             # One replica per group over all patches: pool first, then P = 1.
             h = jnp.mean(h, axis=1, keepdims=True)
         return replicated_xent(h, linear.weight, bias, labels, loss.groups)
+
+
+@jax.custom_jvp
+def _at_primal(primal: Array, live: Array) -> Array:
+    """``primal``'s value with ``live``'s derivative: differentiating through it
+    linearises ``live`` at the known value ``primal`` (which must equal it), so
+    ``live``'s own forward computation is dead code that jit removes."""
+    return primal
+
+
+@_at_primal.defjvp
+def _at_primal_jvp(primals, tangents):
+    return primals[0], tangents[1]
 
 
 def _ancestors(steps: tuple[Step, ...], target: str) -> set[str]:
