@@ -273,7 +273,7 @@ def _weights(params, static, x, labels, key, p: Pass):
             _, dl, losses = jax.jvp(run, (pf,), (t,), has_aux=True)
             return dl, losses
 
-        dls, losses = jax.vmap(one, out_axes=(0, None))(v)
+        dls, losses = _over_tangents(one, v)
         return objective(losses), (dls, losses)
 
     _, pull, (dls, losses) = jax.vjp(f, po, has_aux=True)
@@ -315,7 +315,7 @@ def _activity(params, static, x, labels, key, p: Pass):
         return dl, aux
 
     # The forward pass with every site's tangent: d[k] for each loss replica.
-    dls, (losses, masks, values) = jax.vmap(one, out_axes=(0, None))(z)
+    dls, (losses, masks, values) = _over_tangents(one, z)
 
     # The local backward: the same forward with gradients cut at every site, so
     # each site's cotangent reaches only the layers between it and the sites
@@ -340,6 +340,16 @@ def _activity(params, static, x, labels, key, p: Pass):
         cot[s.site] = _aggregate(g)
     (grads,) = pull((jnp.ones_like(j), cot))
     return grads, losses
+
+
+def _over_tangents(one, tangents):
+    """``one`` on each tangent (leading axis K): per-tangent outputs stacked, the
+    primal-only auxiliary output once. One tangent runs without ``vmap``: a batch
+    axis of size 1 costs XLA:CPU layout copies around every matmul."""
+    if jax.tree_util.tree_leaves(tangents)[0].shape[0] == 1:
+        out, aux = one(jax.tree_util.tree_map(lambda t: t[0], tangents))
+        return jax.tree_util.tree_map(lambda a: a[None], out), aux
+    return jax.vmap(one, out_axes=(0, None))(tangents)
 
 
 def _aggregate(per_tangent: Array) -> Array:
