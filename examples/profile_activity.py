@@ -7,11 +7,19 @@ estimate: the plain forward, the forward with gradients cut at the sites, the jv
 tangent at every site, the jvp and a plain forward in one program (does XLA merge the
 jvp's primal with the forward?), the noise, and the whole estimate; next to BP's and
 LG-BP's. Prints XLA's FLOP count (and with ``--time`` the median wall time) of each.
+With ``--trace`` it also runs one step of BP and of the algorithm under ``jax.profiler`` and
+sums the time of XLA's ops by kind (matmuls, layout copies, elementwise fusions, ...).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import glob
+import gzip
+import json
+import re
+import tempfile
 import time
 
 import equinox as eqx
@@ -30,8 +38,11 @@ def main():
     ap.add_argument("--algorithm", default="lg-fg-a")
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--time", action="store_true", help="also run each piece and time it")
+    ap.add_argument("--trace", action="store_true",
+                    help="also profile one step of BP and of the algorithm: op time by kind")
     a = ap.parse_args()
 
+    traced = {}
     prog = fgc.load(a.spec)
     shape, b = tuple(prog.graph.meta["input_shape"]), a.batch_size
     x = jax.random.normal(jax.random.key(0), (b, *shape))
@@ -57,6 +68,9 @@ def main():
         rule = UpdateRule.build(plan, net)
         measure(f"{name}: whole estimate", lambda n, x, y, r=rule: r.estimate(n, x, y, key).grads,
                 net, x, y)
+        if a.trace and name != "lg-bp":
+            traced[name] = op_times(jax.jit(lambda n, x, y, r=rule: r.estimate(n, x, y, key).grads),
+                                    net, x, y)
 
     act = next(p for p in rule.passes if p.kind == "activity")
     params, static = eqx.partition(net, eqx.is_array)
@@ -86,6 +100,34 @@ def main():
     measure("  jvp, a tangent at every site", jvp, params, x, y, z)
     measure("  jvp + forward in one program", jvp_and_forward, params, x, y, z)
     measure(f"  noise ({len(act.sites)} sites, {act.estimator.noise})", noise, key)
+    if traced:
+        kinds = sorted({k for t in traced.values() for k in t},
+                       key=lambda k: -max(t.get(k, 0) for t in traced.values()))
+        print(f"\nop time by kind, ms (one traced step){''.join(f'{n:>12}' for n in traced)}")
+        for k in kinds[:12]:
+            print(f"  {k:<40}" + "".join(f"{t.get(k, 0) / 1e3:>12.1f}" for t in traced.values()))
+        print(f"  {'all ops':<40}" + "".join(f"{sum(t.values()) / 1e3:>12.1f}"
+                                            for t in traced.values()))
+
+
+def op_times(f, *args) -> dict[str, float]:
+    """Microseconds per kind of XLA op in one traced call (kinds: the op name without
+    its number; matmuls grouped)."""
+    jax.block_until_ready(f(*args))
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            jax.block_until_ready(f(*args))
+        (path,) = glob.glob(f"{d}/**/*.trace.json.gz", recursive=True)
+        events = json.load(gzip.open(path))["traceEvents"]
+    out = collections.Counter()
+    for e in events:
+        name = e.get("name", "")
+        if (e.get("ph") != "X" or name.startswith(("$", "Thunk", "Slinky", "Parse"))
+                or "(" in name or "::" in name):  # host-side events, not XLA ops
+            continue
+        kind = re.sub(r"[._]\d+$", "", name)
+        out["matmul" if kind.startswith(("ynn", "dot")) else kind] += e["dur"]
+    return dict(out)
 
 
 if __name__ == "__main__":

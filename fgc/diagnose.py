@@ -853,9 +853,9 @@ def _draw_variance(r: dict):
     handles = _block_handles(r)
     if guides:
         handles.append(Line2D([], [], color="0.55", ls=":", lw=1.4,
-                              label="∝ 1/K (through the geometric mean at K=%d)" % ks[0]))
+                              label="∝ 1/K guide"))
     fig.suptitle(_subtitle(r), fontsize=10)
-    fig.legend(handles=handles, loc="outside lower center", ncols=3, frameon=False,
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False,
                handlelength=2.6)
     return fig
 
