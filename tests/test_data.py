@@ -227,6 +227,7 @@ def test_missing_builtin_lists_every_place_looked(tmp_path, monkeypatch):
     env_dir = tmp_path / "env"
     env_dir.mkdir()
     monkeypatch.setenv("FGC_DATA_DIR", str(env_dir))
+    monkeypatch.chdir(tmp_path)  # no ./data here, whatever the checkout holds
     with pytest.raises(DataError) as e:
         load_dataset("mnist", data_dir=tmp_path / "nowhere")
     msg = str(e.value)
