@@ -2,7 +2,7 @@
 
     python examples/bench_replicated.py --batch 16 --patches 64 --channels 512 --groups 16
 
-A thin script over :func:`fgc.bench.compare_replicated`; ``fgc bench SPEC`` makes the same
+A thin script over :func:`fgc.tools.bench.compare_replicated`; ``fgc bench SPEC`` makes the same
 comparison at a spec's own sizes. The naive version runs the head once per patch×group
 replica (it is the test oracle, never used for training) and is skipped when XLA says it
 needs more than ``--limit-gib``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from fgc.bench import NAIVE_LIMIT_BYTES, compare_replicated, format_replicated
+from fgc.tools.bench import NAIVE_LIMIT_BYTES, compare_replicated, format_replicated
 
 
 def main():

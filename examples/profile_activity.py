@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import fgc
-from fgc.estimators import UpdateRule, sample_noise
-from fgc.lower import lower
+from fgc.learning.estimators import UpdateRule, sample_noise
+from fgc.lowering.lower import lower
 
 
 def main():

@@ -13,8 +13,8 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from fgc.data import iterate_batches
-from fgc.train import evaluate, make_step, prepare
+from fgc.training.data import iterate_batches
+from fgc.training.train import evaluate, make_step, prepare
 
 
 def main():

@@ -7,12 +7,12 @@ The public API, by stage::
     plan = prog.plan("lg-fg-a")                         # an algorithm applied to it
 """
 
-from fgc.config import Algorithm, Estimator, ParamGroup, TrainConfig, presets
+from fgc.front.config import Algorithm, Estimator, ParamGroup, TrainConfig, presets
 from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, LoweringError, Span,
                         SpecError, TrainingError)
-from fgc.ir import EdgeData, Graph, LossInfo, NodeData
-from fgc.parse import parse, parse_file
-from fgc.program import Plan, Program, load, loads
+from fgc.graph.ir import EdgeData, Graph, LossInfo, NodeData
+from fgc.front.parse import parse, parse_file
+from fgc.plan.program import Plan, Program, load, loads
 
 __all__ = [
     "Algorithm", "CheckpointError", "DataError", "Diagnostic", "EdgeData", "Estimator",

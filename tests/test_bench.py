@@ -16,9 +16,9 @@ import jax
 import pytest
 
 import fgc
-from fgc.bench import (BenchError, add_arguments, bench_spec, compare_replicated,
+from fgc.tools.bench import (BenchError, add_arguments, bench_spec, compare_replicated,
                        replicated_configs, supported_algorithms)
-from fgc.lower import lower
+from fgc.lowering.lower import lower
 
 TINY = """
 spec "tiny bench"

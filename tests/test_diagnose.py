@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from fgc.diagnose import DiagnoseError, add_arguments, diagnose, format_table
+from fgc.tools.diagnose import DiagnoseError, add_arguments, diagnose, format_table
 from fgc.errors import SpecError
 
 SPEC = """
@@ -216,7 +216,7 @@ def test_bad_arguments(spec, argv, capsys):
 
 
 def test_cli_reports_errors_without_traceback(spec, capsys):
-    from fgc.cli import main
+    from fgc.tools.cli import main
     status = main(["diagnose", str(spec), "--algorithm", "bp", "--dataset", "synthetic",
                    "-o", "unused"])
     err = capsys.readouterr().err
@@ -232,7 +232,7 @@ def test_every_spec_in_the_corpus_has_both_estimators(path):
     """Every corpus spec can be diagnosed with weight and activity perturbation side by side
     (the measurement itself is exercised on the miniature spec above)."""
     import fgc
-    from fgc.diagnose import _variant_plans
+    from fgc.tools.diagnose import _variant_plans
     prog = fgc.load(path)
     for name in ("fg-a", "lg-fg-w"):
         plans, missing = _variant_plans(prog, prog.plan(name), name)

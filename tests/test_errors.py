@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from fgc.cli import main
+from fgc.tools.cli import main
 from fgc.errors import FgError, SpecError
-from fgc.parse import MAX_SPEC_BYTES
-from fgc.program import load
+from fgc.front.parse import MAX_SPEC_BYTES
+from fgc.plan.program import load
 
 ROOT = Path(__file__).resolve().parent.parent
 ERRORS = ROOT / "tests" / "errors"
@@ -118,7 +118,7 @@ def test_cli_check(spec, at_root, capsys):
 @pytest.mark.parametrize("spec", [p for p in CASES if p.stem.startswith("plan_")],
                          ids=lambda p: p.stem)
 def test_cli_viz_reports_plan_errors(spec, at_root, capsys, tmp_path):
-    pytest.importorskip("fgc.viz")
+    pytest.importorskip("fgc.tools.viz")
     stage, msg = _message(_rel(spec))
     assert stage == "plan"
     rc = main(["viz", _rel(spec), "-o", str(tmp_path / "graph.dot")])

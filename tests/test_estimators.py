@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 import fgc
-from fgc.estimators import UpdateRule, objective
-from fgc.lower import lower
+from fgc.learning.estimators import UpdateRule, objective
+from fgc.lowering.lower import lower
 
 # A LocalMixer small enough to average many thousand estimates: 4×4 images cut into
 # 2×2 patches, 8 channels in 2 groups of 4, a stem and one mixer block.
@@ -192,7 +192,7 @@ def test_rademacher_noise_is_unbiased_too(program):
 
 
 def _with_credit(plan, credit):
-    from fgc.train import with_estimator
+    from fgc.training.train import with_estimator
     return with_estimator(plan, credit=credit)
 
 

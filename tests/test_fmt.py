@@ -12,11 +12,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fgc import syntax as S
-from fgc.cli import main
+from fgc.front import syntax as S
+from fgc.tools.cli import main
 from fgc.errors import SpecError
-from fgc.fmt import WIDTH, format_spec, format_value
-from fgc.parse import parse, parse_file
+from fgc.front.fmt import WIDTH, format_spec, format_value
+from fgc.front.parse import parse, parse_file
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.fg"))

@@ -16,12 +16,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fgc.cli import main
+from fgc.tools.cli import main
 from fgc.errors import FgError, SpecError
-from fgc.fmt import format_spec
-from fgc.ops import OPS
-from fgc.parse import MAX_SPEC_BYTES, decode, parse
-from fgc.program import load, loads
+from fgc.front.fmt import format_spec
+from fgc.graph.ops import OPS
+from fgc.front.parse import MAX_SPEC_BYTES, decode, parse
+from fgc.plan.program import load, loads
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = sorted((ROOT / "specs").glob("*.fg")) + [ROOT / "grammar" / "algorithms.fg"]

@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from fgc.cli import main
-from fgc.config import Estimator, presets
+from fgc.tools.cli import main
+from fgc.front.config import Estimator, presets
 from fgc.errors import FgError, LoweringError, SpecError
-from fgc.ir import Graph
-from fgc.program import load, loads
+from fgc.graph.ir import Graph
+from fgc.plan.program import load, loads
 
 SPECS = Path(__file__).resolve().parent.parent / "specs"
 ALL_SPECS = sorted(SPECS.glob("*.fg"))
@@ -236,7 +236,7 @@ def test_a_value_read_only_by_a_loss_is_used():
     ("mnist", "mnist"), ("cifar10", "CIFAR10"), ("imagenet", '"data/imagenet.npz"'),
     ("none", '"x.NPZ"'), ('"cifar10"', "cifar10")])
 def test_known_statistics_and_datasets(normalize, dataset):
-    from fgc.data import DATASET_STATS
+    from fgc.training.data import DATASET_STATS
     src = BASE.replace("classes = 2", f"classes = 2, normalize = {normalize}") + \
         "loss local = probe on blocks\nloss final = readout on output\n" \
         f"train {{\n  dataset = {dataset}\n}}\n"

@@ -13,11 +13,11 @@ import pytest
 from jax.scipy.linalg import block_diag
 
 import fgc
-from fgc.data import normalize
-from fgc.lower import DATASET_STATS, Network, count_params, lower, param_labels, weight_mask
-from fgc.modules import LAYERS, init_std, make_layer
-from fgc.ops import OPS
-from fgc.replicated import xent
+from fgc.training.data import normalize
+from fgc.lowering.lower import DATASET_STATS, Network, count_params, lower, param_labels, weight_mask
+from fgc.lowering.modules import LAYERS, init_std, make_layer
+from fgc.graph.ops import OPS
+from fgc.lowering.replicated import xent
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.fg"))
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from fgc.config import Call
-from fgc.train import train
+from fgc.front.config import Call
+from fgc.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("FGC_DATA_DIR", ROOT.parent / "shared" / "data"))

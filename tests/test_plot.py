@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 
 from fgc.errors import FgError
-from fgc.plot import DPI, PlotWarning, add_arguments, load_run, plot_runs, run
+from fgc.tools.plot import DPI, PlotWarning, add_arguments, load_run, plot_runs, run
 
 
 def make_run(root: Path, name: str, algorithm: str | None, *, epochs: int = 5,

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from jax.test_util import check_grads
 
-from fgc.replicated import naive_replicated_xent, replicated_xent, xent
+from fgc.lowering.replicated import naive_replicated_xent, replicated_xent, xent
 
 # (B, P, C, G, K): the general case, one group, one patch, one channel per group.
 SHAPES = [

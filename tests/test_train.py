@@ -13,11 +13,11 @@ import optax
 import pytest
 
 import fgc
-from fgc import checkpoint
-from fgc.config import Call
-from fgc.data import synthetic_dataset
+from fgc.training import checkpoint
+from fgc.front.config import Call
+from fgc.training.data import synthetic_dataset
 from fgc.errors import CheckpointError, TrainingError
-from fgc.train import make_step, prepare, train
+from fgc.training.train import make_step, prepare, train
 
 SPEC = """
 # A miniature LocalMixer for training tests.
@@ -183,7 +183,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(spec_path, data, 
                                                                 monkeypatch):
     import dataclasses
 
-    import fgc.train as T
+    import fgc.training.train as T
     real = T.iterate_batches
     data = dataclasses.replace(data, x_train=data.x_train.astype(np.float32) / 255,
                                x_test=data.x_test.astype(np.float32) / 255)
@@ -254,14 +254,14 @@ def test_cli_train_and_missing_dataset(spec_path, data, tmp_path):
     np.savez(npz, x_train=data.x_train, y_train=data.y_train, x_test=data.x_test,
              y_test=data.y_test)
     out = tmp_path / "cli"
-    r = subprocess.run([sys.executable, "-m", "fgc.cli", "train", str(spec_path), "--dataset",
+    r = subprocess.run([sys.executable, "-m", "fgc.tools.cli", "train", str(spec_path), "--dataset",
                         str(npz), "--epochs", "1", "--out", str(out), "--algorithm", "lg-bp"],
                        capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "epoch    1/1" in r.stdout and "test error" in r.stdout
     assert json.loads((out / "summary.json").read_text())["algorithm"] == "lg-bp"
 
-    r = subprocess.run([sys.executable, "-m", "fgc.cli", "train", str(spec_path), "--dataset",
+    r = subprocess.run([sys.executable, "-m", "fgc.tools.cli", "train", str(spec_path), "--dataset",
                         "mnist", "--data-dir", str(tmp_path / "nowhere"), "--epochs", "1",
                         "--out", str(tmp_path / "x")], capture_output=True, text=True,
                        env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from fgc import viz
-from fgc.cli import main
-from fgc.config import presets
+from fgc.tools import viz
+from fgc.tools.cli import main
+from fgc.front.config import presets
 from fgc.errors import FgError
-from fgc.program import load, loads
+from fgc.plan.program import load, loads
 
 ROOT = Path(__file__).resolve().parent.parent
 SPECS = sorted((ROOT / "specs").glob("*.fg"))

@@ -10,7 +10,7 @@ error and the training loss per epoch of several runs into one figure, one line 
   figure survives greyscale printing.
 
 Examples:
-    >>> from fgc.plot import plot_runs
+    >>> from fgc.tools.plot import plot_runs
     >>> plot_runs(["runs/bp", "runs/lg-fg-a"], "curves.pdf", title="MNIST")  # doctest: +SKIP
     PosixPath('curves.pdf')
 

@@ -1,12 +1,12 @@
 """How each op runs: one small Equinox module per op kind, registered by kind.
 
-:mod:`fgc.ops` says *what* an op is (arguments, shapes, parameters, locality);
+:mod:`fgc.graph.ops` says *what* an op is (arguments, shapes, parameters, locality);
 this module says *how* it runs. :func:`make_layer` dispatches on the op kind
 through the registry that :func:`register` fills, and names any kind nobody
 registered, so adding an op to the table without a lowering fails loudly.
 
 Every layer works on a batch: ``x`` has a leading batch axis in front of the
-per-example shape of :mod:`fgc.ops` (images ``[B, H, W, C]``, patches
+per-example shape of :mod:`fgc.graph.ops` (images ``[B, H, W, C]``, patches
 ``[B, P, D]``, vectors ``[B, D]``). Parameters have exactly the names and
 shapes of the op's ``params`` rule (``weight``, ``bias``, ``scale``, ``shift``).
 
@@ -88,7 +88,7 @@ def make_layer(kind: str, attrs: dict, in_shapes: list[Shape], *, key: PRNGKeyAr
     cls = LAYERS.get(kind)
     if cls is None:
         raise LoweringError(
-            f"no lowering is registered for op `{kind}`; add a layer class to fgc/modules.py "
+            f"no lowering is registered for op `{kind}`; add a layer class to fgc/lowering/modules.py "
             f"decorated with @register({kind!r}) (registered: {', '.join(sorted(LAYERS))})")
     return cls.build(kind, attrs, list(in_shapes), key=key, dtype=dtype)
 

@@ -45,7 +45,7 @@ DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
 }
 """Per-channel (mean, std) on the [0, 1] scale, as used by the reference code, for every
 name a spec's ``normalize =`` may give (besides ``none``)."""
-_BUILTIN_STATS = DATASET_STATS  # the old private name; fgc.lower still imports it
+_BUILTIN_STATS = DATASET_STATS  # the old private name; fgc.lowering.lower still imports it
 _BUILTIN_FILES = {"mnist": "mnist.npz", "cifar10": "cifar10-jpeg.zip"}
 BUILTIN_DATASETS: tuple[str, ...] = tuple(_BUILTIN_FILES)
 """The datasets ``load_dataset`` knows by name; anything else is a path to an ``.npz``."""

@@ -13,10 +13,10 @@ from dataclasses import dataclass, field
 
 import networkx as nx
 
-from fgc import syntax as S
+from fgc.front import syntax as S
 from fgc.errors import Diagnostic, Span, plural
-from fgc.ir import EdgeData, Graph, LossInfo, NodeData
-from fgc.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
+from fgc.graph.ir import EdgeData, Graph, LossInfo, NodeData
+from fgc.graph.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
 
 RESERVED_VALUES = ("in", "output", "blocks")
 MAX_INT = 10 ** 100  # larger results of arithmetic are typos (and unprintable past 4300 digits)
@@ -238,8 +238,8 @@ class Builder:
         self.net_values[d.name] = "input"
 
     def _normalize(self, norm, d: S.InputDecl) -> str | None:
-        """The statistics name of ``normalize = NAME``, checked against fgc.data."""
-        from fgc.data import DATASET_STATS  # numpy and PIL: only when a spec names statistics
+        """The statistics name of ``normalize = NAME``, checked against fgc.training.data."""
+        from fgc.training.data import DATASET_STATS  # numpy and PIL: only when a spec names statistics
         known = (*DATASET_STATS, "none")
         span = next(o.value.span for o in d.options if o.name == "normalize")
         name = norm.name if isinstance(norm, _Symbol) and not norm.args and not norm.kwargs \
@@ -654,7 +654,7 @@ class _Symbol:
 
 
 def _block_arg(p: str):
-    from fgc.ops import Arg
+    from fgc.graph.ops import Arg
     return Arg(p, REQUIRED, (int, float, bool, str))
 
 

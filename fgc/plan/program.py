@@ -13,15 +13,15 @@ from collections import deque
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from fgc import syntax as S
-from fgc.build import Diags, suggest
-from fgc.check import build_and_check
-from fgc.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
+from fgc.front import syntax as S
+from fgc.graph.build import Diags, suggest
+from fgc.graph.check import build_and_check
+from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
                         group_from, presets, train_from)
 from fgc.errors import Diagnostic, SpecError, plural
-from fgc.ir import Graph
-from fgc.ops import OPS
-from fgc.parse import parse, parse_file
+from fgc.graph.ir import Graph
+from fgc.graph.ops import OPS
+from fgc.front.parse import parse, parse_file
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ Three pieces compose every algorithm of Ren et al. (the presets of
   and the weight gradient by backpropagating ``ĝ_u`` through that layer's own
   ops only (its norm and linear map), never across another site.
 
-``credit`` (:mod:`fgc.credit`) maps the per-replica derivatives ``d[n, p, g]`` of
+``credit`` (:mod:`fgc.plan.credit`) maps the per-replica derivatives ``d[n, p, g]`` of
 a replicated local loss onto the units and weight slices each replica's
 gradient actually flows through; for the global loss it is the per-example
 derivative. ``K`` tangents are drawn at once (``jax.vmap`` over the tangent, the
@@ -51,12 +51,12 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
-from fgc.config import Estimator
-from fgc.credit import Credit, credits, unit_credit, weight_credit
+from fgc.front.config import Estimator
+from fgc.plan.credit import Credit, credits, unit_credit, weight_credit
 
 if TYPE_CHECKING:
-    from fgc.lower import Network
-    from fgc.program import Plan
+    from fgc.lowering.lower import Network
+    from fgc.plan.program import Plan
 
 __all__ = ["Estimate", "UpdateRule", "objective", "sample_noise"]
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fgc.ir import Graph
-from fgc.ops import OPS, ShapeError, group_count
+from fgc.graph.ir import Graph
+from fgc.graph.ops import OPS, ShapeError, group_count
 
 
 def infer_shapes(graph: Graph, diags) -> None:

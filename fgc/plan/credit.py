@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import jax.numpy as jnp
 
-from fgc.ir import Graph, LossInfo
-from fgc.ops import OPS
-from fgc.passes import mixing_downstream
+from fgc.graph.ir import Graph, LossInfo
+from fgc.graph.ops import OPS
+from fgc.graph.passes import mixing_downstream
 
 
 @dataclass(frozen=True)

@@ -45,10 +45,10 @@ from pathlib import Path
 
 import networkx as nx
 
-from fgc.config import Estimator
+from fgc.front.config import Estimator
 from fgc.errors import FgError, plural
-from fgc.ir import Graph, NodeData
-from fgc.ops import OPS, REQUIRED
+from fgc.graph.ir import Graph, NodeData
+from fgc.graph.ops import OPS, REQUIRED
 
 FORMATS = {".dot": None, ".gv": None, ".svg": "svg", ".png": "png", ".pdf": "pdf"}
 BLOCKS_PER_ROW = 6

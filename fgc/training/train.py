@@ -4,12 +4,12 @@ The pieces compose without the loop: :func:`make_optimizer` builds one optax
 transformation from a plan (``optax.partition`` over the parameter groups, each
 with its optimizer, learning-rate multiplier, schedule and weight decay on
 weights only), :func:`make_step` one jit-compiled step (the estimator of
-:mod:`fgc.estimators` plus the optax update, buffers donated), and
+:mod:`fgc.learning.estimators` plus the optax update, buffers donated), and
 :func:`train` the whole run with metrics, checkpoints and resume.
 
 Example:
     >>> import fgc
-    >>> from fgc.train import train
+    >>> from fgc.training.train import train
     >>> summary = train("specs/mixer-s-1-1.fg", algorithm="lg-fg-a", dataset="mnist",
     ...                 epochs=1, out="runs/s11")                      # doctest: +SKIP
     >>> summary["test_error"]                                           # doctest: +SKIP
@@ -35,15 +35,15 @@ import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
-from fgc import checkpoint
-from fgc.config import Call, TrainConfig
-from fgc.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.training import checkpoint
+from fgc.front.config import Call, TrainConfig
+from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
-from fgc.estimators import UpdateRule
-from fgc.lower import Network, lower
+from fgc.learning.estimators import UpdateRule
+from fgc.lowering.lower import Network, lower
 
 if False:  # typing only
-    from fgc.program import Plan, Program
+    from fgc.plan.program import Plan, Program
 
 __all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
            "prepare", "train"]
@@ -190,19 +190,19 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     """Loads the spec and the data and builds the network, update rule and optimizer.
 
     Args:
-      spec: a spec path or a loaded :class:`~fgc.program.Program`.
+      spec: a spec path or a loaded :class:`~fgc.plan.program.Program`.
       algorithm: preset or spec algorithm name (default: the spec's ``train.algorithm``).
-      dataset: ``mnist``, ``cifar10``, an ``.npz`` path or a :class:`~fgc.data.Dataset`
+      dataset: ``mnist``, ``cifar10``, an ``.npz`` path or a :class:`~fgc.training.data.Dataset`
         (default: the spec's ``train.dataset``).
       data_dir: where to look for the built-in datasets.
       tangents: tangents per step for every forward-gradient estimator (default:
         the algorithm's).
       credit: credit rule of every forward-gradient estimator, ``exact`` or
         ``ignore_norm`` (default: the algorithm's).
-      overrides: any :class:`~fgc.config.TrainConfig` field (``epochs``, ``batch_size``,
+      overrides: any :class:`~fgc.front.config.TrainConfig` field (``epochs``, ``batch_size``,
         ``seed``, ...); ``None`` values are ignored.
     """
-    from fgc.program import load
+    from fgc.plan.program import load
     prog = load(spec) if isinstance(spec, (str, os.PathLike)) else spec
     cfg = replace(prog.train, **{k: v for k, v in overrides.items() if v is not None})
     if algorithm is not None:
@@ -233,8 +233,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
 
 def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None) -> Plan:
     """The plan with every forward-gradient estimator changed: ``tangents`` per step,
-    ``credit`` rule (:data:`fgc.config.CREDIT`); ``None`` keeps the algorithm's."""
-    from fgc.config import CREDIT
+    ``credit`` rule (:data:`fgc.front.config.CREDIT`); ``None`` keeps the algorithm's."""
+    from fgc.front.config import CREDIT
     if tangents is not None and tangents < 1:
         raise ValueError(f"tangents must be a positive integer, got {tangents}")
     if credit is not None and credit not in CREDIT:
@@ -279,7 +279,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and a checkpoint to ``out``.
 
     Args:
-      spec: spec path or :class:`~fgc.program.Program`.
+      spec: spec path or :class:`~fgc.plan.program.Program`.
       out: run directory; created if missing. An existing run there is continued
         with ``resume=True`` and never overwritten otherwise.
       algorithm, dataset, data_dir, tangents, credit, overrides: as :func:`prepare`.

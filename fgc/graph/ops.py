@@ -2,7 +2,7 @@
 
 This table is the single source of truth about an op for the checker, the
 parameter counter, the graph drawer and the estimators. How an op *runs* is
-registered separately in :mod:`fgc.modules` (what vs how).
+registered separately in :mod:`fgc.lowering.modules` (what vs how).
 
 Shapes are per example (no batch axis): an image is ``(H, W, C)``, a grid of
 patches ``(P, D)``, a vector ``(D,)``.

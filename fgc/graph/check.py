@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from fgc.build import Builder, Diags
+from fgc.graph.build import Builder, Diags
 from fgc.errors import plural
-from fgc.ir import Graph
-from fgc.ops import OPS, group_count
-from fgc.passes import infer_shapes
-from fgc import syntax as S
+from fgc.graph.ir import Graph
+from fgc.graph.ops import OPS, group_count
+from fgc.graph.passes import infer_shapes
+from fgc.front import syntax as S
 
 
 def build_and_check(spec: S.SpecFile, diags: Diags) -> Graph:

@@ -1,6 +1,6 @@
 """The canonical printer behind ``fgc fmt``.
 
-:func:`format_spec` prints a :class:`~fgc.syntax.SpecFile` in canonical form:
+:func:`format_spec` prints a :class:`~fgc.front.syntax.SpecFile` in canonical form:
 
 * items in source order, separated by one blank line; consecutive ``const``,
   ``head`` and ``loss`` lines stay together when they were written together;
@@ -28,7 +28,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from fgc import syntax as S
+from fgc.front import syntax as S
 
 WIDTH = 92  # pipes longer than this are broken before `|`
 INDENT = "  "

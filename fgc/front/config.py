@@ -11,8 +11,8 @@ from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
-from fgc import syntax as S
-from fgc.build import Diags, suggest
+from fgc.front import syntax as S
+from fgc.graph.build import Diags, suggest
 
 ESTIMATORS = ("backprop", "forward")
 PERTURB = ("activity", "weights")
@@ -94,7 +94,7 @@ class ParamGroup:
 
 
 def _presets_text() -> str:
-    local = Path(__file__).resolve().parent.parent / "grammar" / "algorithms.fg"
+    local = Path(__file__).resolve().parents[2] / "grammar" / "algorithms.fg"
     if local.is_file():
         return local.read_text(encoding="utf-8")
     return resources.files("fgc.grammar").joinpath("algorithms.fg").read_text(encoding="utf-8")
@@ -103,7 +103,7 @@ def _presets_text() -> str:
 @functools.cache
 def presets() -> dict[str, Algorithm]:
     """The built-in algorithms, parsed from ``algorithms.fg``."""
-    from fgc.parse import parse
+    from fgc.front.parse import parse
     spec = parse(_presets_text(), "<fgc>/algorithms.fg")
     d = Diags()
     out = {}
@@ -282,7 +282,7 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
             if w is None:
                 d.add("E206", f"{key} must be a name or string", st[key].span)
             elif key == "dataset" and not _known_dataset(w):
-                from fgc.data import BUILTIN_DATASETS
+                from fgc.training.data import BUILTIN_DATASETS
                 d.add("E207", f"unknown dataset `{w}`", st[key].span,
                       suggest(w, BUILTIN_DATASETS) or f"use {' or '.join(BUILTIN_DATASETS)}, or "
                       'a path to an .npz file in quotes, e.g. "data/mine.npz"')
@@ -310,8 +310,8 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
 
 
 def _known_dataset(name: str) -> bool:
-    """What ``fgc.data.load_dataset`` accepts by name: a built-in, or an ``.npz`` path."""
-    from fgc.data import BUILTIN_DATASETS  # numpy and PIL: only when a spec names a dataset
+    """What ``fgc.training.data.load_dataset`` accepts by name: a built-in, or an ``.npz`` path."""
+    from fgc.training.data import BUILTIN_DATASETS  # numpy and PIL: only when a spec names a dataset
     return name.lower() in BUILTIN_DATASETS or name.lower().endswith(".npz")
 
 

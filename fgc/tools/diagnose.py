@@ -47,7 +47,7 @@ is non-zero after one step). With ``warmup_steps = 0`` a zero end-to-end gradien
 reported as ``null`` (undefined), never as a cosine of 0.
 
 Example:
-    >>> from fgc.diagnose import diagnose, save
+    >>> from fgc.tools.diagnose import diagnose, save
     >>> result = diagnose("specs/mixer-m-1-16.fg", "lg-fg-a", dataset="mnist",
     ...                   data_dir="data", tangents=(1, 4, 16))          # doctest: +SKIP
     >>> result["blocks"][0]["activity"]["cos_target"]                    # doctest: +SKIP
@@ -146,7 +146,7 @@ def _variant_plans(prog, plan, name: str) -> tuple[dict, dict]:
     """The algorithm with weight and with activity perturbation (same target, greediness
     and noise), planned through the program so its checks (E506, E507) apply; a kind the
     spec cannot run maps to the reason in the second dict."""
-    from fgc.config import Algorithm
+    from fgc.front.config import Algorithm
     base = plan.algorithm
     plans, missing = {}, {}
     for kind in KINDS:
@@ -163,7 +163,7 @@ def _variant_plans(prog, plan, name: str) -> tuple[dict, dict]:
 # --- data ---------------------------------------------------------------------------------------
 
 def _dataset(prog, dataset, data_dir, batch_size: int, batches: int, seed: int):
-    from fgc.data import Dataset, load_dataset, synthetic_dataset
+    from fgc.training.data import Dataset, load_dataset, synthetic_dataset
     from fgc.errors import DataError
     if isinstance(dataset, Dataset):
         return dataset
@@ -183,7 +183,7 @@ def _dataset(prog, dataset, data_dir, batch_size: int, batches: int, seed: int):
 
 def _batch_stream(data, batch_size: int, seed: int, flip: bool) -> Iterator[tuple]:
     """Training batches, epoch after epoch (a small dataset wraps around)."""
-    from fgc.data import iterate_batches
+    from fgc.training.data import iterate_batches
     epoch = 0
     while True:
         got = False
@@ -286,7 +286,7 @@ def _grad_fn():
     import equinox as eqx
     import jax
 
-    from fgc.estimators import objective
+    from fgc.learning.estimators import objective
 
     @eqx.filter_jit
     def grad(net, x, y):
@@ -302,7 +302,7 @@ def _per_example_fn(indices: tuple[int, ...]):
     import jax
     import jax.numpy as jnp
 
-    from fgc.estimators import objective
+    from fgc.learning.estimators import objective
 
     @eqx.filter_jit
     def per_example(net, x, y):
@@ -350,14 +350,14 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     """Measures cosine similarity and variance of an algorithm's forward-gradient estimates.
 
     Args:
-      spec: spec path or loaded :class:`~fgc.program.Program`.
+      spec: spec path or loaded :class:`~fgc.plan.program.Program`.
       algorithm: a forward-gradient algorithm (preset or defined in the spec); default the
         spec's ``train.algorithm``.
       tangents: the tangent counts ``K`` to measure.
       batches: batches to average over (taken from the training set after the warm-up).
       draws: independent estimates per batch, ``K`` and estimator (≥ 2).
       batch_size: examples per batch (default: the spec's).
-      dataset: ``mnist``, ``cifar10``, an ``.npz`` path, a :class:`~fgc.data.Dataset`, or
+      dataset: ``mnist``, ``cifar10``, an ``.npz`` path, a :class:`~fgc.training.data.Dataset`, or
         ``synthetic`` (random images of the spec's input shape); default the spec's.
       data_dir: folder with ``mnist.npz`` / ``cifar10-jpeg.zip``.
       seed: seed of the initialisation, batch order and noise (default the spec's).
@@ -385,11 +385,11 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     import jax
     import jax.numpy as jnp
 
-    from fgc.estimators import UpdateRule
-    from fgc.lower import lower
-    from fgc.ops import OPS
-    from fgc.program import Program, load
-    from fgc.train import make_step, prepare, with_estimator
+    from fgc.learning.estimators import UpdateRule
+    from fgc.lowering.lower import lower
+    from fgc.graph.ops import OPS
+    from fgc.plan.program import Program, load
+    from fgc.training.train import make_step, prepare, with_estimator
 
     log = log or (lambda _: None)
     ks = _check_settings(tangents, batches, draws, batch_size, warmup_steps, seed)
@@ -704,7 +704,7 @@ def _jsonable(v):
 def save(result: dict, out: str | os.PathLike) -> list[Path]:
     """Writes ``diagnose.json`` and the three figures into ``out`` (created if missing).
 
-    Figures (PNG, matplotlib's object-oriented API only, as :mod:`fgc.plot`):
+    Figures (PNG, matplotlib's object-oriented API only, as :mod:`fgc.tools.plot`):
     ``cosine.png`` (cosine vs K per block, weight and activity perturbation),
     ``variance.png`` (normalised variance vs K, log-log, with a 1/K guide) and
     ``variance_ratio.png`` (weight/activity variance ratio vs fan-in against Table 1).
@@ -729,7 +729,7 @@ def save(result: dict, out: str | os.PathLike) -> list[Path]:
     written = [path]
     import matplotlib
 
-    from fgc.plot import _RC, _save
+    from fgc.tools.plot import _RC, _save
     with matplotlib.rc_context(_RC):
         for key, draw in (("cosine", _draw_cosine), ("variance", _draw_variance),
                           ("ratio", _draw_ratio)):
@@ -740,7 +740,7 @@ def save(result: dict, out: str | os.PathLike) -> list[Path]:
     return written
 
 
-# Okabe & Ito, as fgc.plot (black last: it is the reference lines' colour).
+# Okabe & Ito, as fgc.tools.plot (black last: it is the reference lines' colour).
 _COLOURS = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#7F7F7F",
             "#8C564B", "#BCBD22", "#17BECF")
 _STYLE = {"activity": ("-", "o"), "weights": ("--", "s")}

@@ -14,15 +14,15 @@ and measures for each:
   (a high-water mark of the whole process, so it only grows from one algorithm to the next);
 * every figure's ratio to BP's when ``bp`` is among the algorithms.
 
-It then compares the fused replicated local loss (:func:`fgc.replicated.replicated_xent`)
-with the naive masked one (:func:`fgc.replicated.naive_replicated_xent`) at the spec's own
+It then compares the fused replicated local loss (:func:`fgc.lowering.replicated.replicated_xent`)
+with the naive masked one (:func:`fgc.lowering.replicated.naive_replicated_xent`) at the spec's own
 batch, patch, group, channel and class counts: JVP and VJP time and compiled memory. The
 naive version is compiled on abstract shapes first and only run when XLA says it fits under
 a memory limit (4 GiB by default): at LocalMixer M/8/16 sizes its VJP holds one copy of the
 block output per replica, 16 GiB at batch 128.
 
 Example:
-    >>> from fgc.bench import bench_spec, format_report
+    >>> from fgc.tools.bench import bench_spec, format_report
     >>> result = bench_spec("specs/mixer-s-1-1.fg", ["bp", "lg-fg-a"], steps=10)  # doctest: +SKIP
     >>> print(format_report(result))                                              # doctest: +SKIP
 
@@ -147,7 +147,7 @@ def _spread(times: Sequence[float]) -> dict[str, Any]:
 # --- the train step of each algorithm --------------------------------------------------------
 
 def _load(spec):
-    from fgc.program import Program, load
+    from fgc.plan.program import Program, load
     return spec if isinstance(spec, Program) else load(spec)
 
 
@@ -155,13 +155,13 @@ def supported_algorithms(spec) -> tuple[list[str], dict[str, str]]:
     """The preset algorithms a spec can run, and for each other preset why not.
 
     Args:
-      spec: a ``.fg`` path or a loaded :class:`~fgc.program.Program`.
+      spec: a ``.fg`` path or a loaded :class:`~fgc.plan.program.Program`.
 
     Returns:
       ``(names, skipped)``: presets whose ``Program.plan`` succeeds, in preset order, and
       preset → the first line of the diagnostic that stopped it.
     """
-    from fgc.config import presets
+    from fgc.front.config import presets
     prog = _load(spec)
     chosen, skipped = [], {}
     for name in presets():
@@ -176,7 +176,7 @@ def supported_algorithms(spec) -> tuple[list[str], dict[str, str]]:
 
 def _select(prog, algorithms: Sequence[str] | None) -> tuple[list[str], dict[str, str]]:
     """The algorithms to run and, for presets left out by default, why."""
-    from fgc.build import suggest
+    from fgc.graph.build import suggest
     known = sorted(prog.algorithms)
     if algorithms is None:
         chosen, skipped = supported_algorithms(prog)
@@ -210,7 +210,7 @@ def _first_line(e: Exception) -> str:
 
 
 def _synthetic(prog, batch_size: int, seed: int):
-    from fgc.data import synthetic_dataset
+    from fgc.training.data import synthetic_dataset
     meta = prog.graph.meta
     return synthetic_dataset(image_shape=tuple(meta["input_shape"]),
                              num_classes=int(meta.get("classes") or 10),
@@ -224,7 +224,7 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
     import jax
     import numpy as np
 
-    from fgc.train import make_step, prepare
+    from fgc.training.train import make_step, prepare
 
     t0 = time.perf_counter()
     run = prepare(prog, algorithm=name, dataset=data, batch_size=batch_size, seed=seed)
@@ -297,7 +297,7 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def replicated_configs(net, batch_size: int) -> list[dict[str, Any]]:
     """The sizes at which a lowered network evaluates its replicated losses.
 
-    Mirrors :meth:`fgc.lower.Network._fused_loss`: the value before the head's
+    Mirrors :meth:`fgc.lowering.lower.Network._fused_loss`: the value before the head's
     ``mean`` is ``[B, P, C]`` (``P = 1`` for a vector, or when the loss is not replicated
     over patches), the head's ``linear`` is ``[C, K]``. Losses of equal sizes (one per
     block, usually) share an entry.
@@ -387,7 +387,7 @@ def _replicated_compare(cfg: dict[str, Any], warmup: int, steps: int, seed: int,
     import jax
     import jax.numpy as jnp
 
-    from fgc.replicated import naive_replicated_xent, replicated_xent
+    from fgc.lowering.replicated import naive_replicated_xent, replicated_xent
 
     b, p, c, g, k = (cfg[n] for n in ("batch", "patches", "channels", "groups", "classes"))
     dtype = jnp.float32
@@ -459,7 +459,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
     """Measures a spec's train step under several algorithms, side by side in one process.
 
     Args:
-      spec_path: a ``.fg`` path or a loaded :class:`~fgc.program.Program`.
+      spec_path: a ``.fg`` path or a loaded :class:`~fgc.plan.program.Program`.
       algorithms: algorithm names (presets or the spec's own); default: every preset
         the spec can run (those ``Program.plan`` accepts), the others listed under
         ``skipped``.

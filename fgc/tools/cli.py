@@ -14,8 +14,8 @@ from fgc.errors import FgError, plural
 
 
 def _cmd_check(args) -> int:
-    from fgc.program import load
-    from fgc.summary import summary_table
+    from fgc.plan.program import load
+    from fgc.graph.summary import summary_table
     status = 0
     for path in args.specs:
         try:
@@ -35,8 +35,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_fmt(args) -> int:
-    from fgc.fmt import format_spec
-    from fgc.parse import parse_file
+    from fgc.front.fmt import format_spec
+    from fgc.front.parse import parse_file
     status = 0
     for path in args.specs:
         try:
@@ -58,8 +58,8 @@ def _cmd_fmt(args) -> int:
 
 
 def _cmd_viz(args) -> int:
-    from fgc.program import load
-    from fgc.viz import render
+    from fgc.plan.program import load
+    from fgc.tools.viz import render
     plan = load(args.spec).plan(args.algorithm)
     render(plan, Path(args.output))
     print(f"wrote {args.output}")
@@ -67,7 +67,7 @@ def _cmd_viz(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from fgc.train import train
+    from fgc.training.train import train
     try:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
@@ -136,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
 
-    from fgc import bench, diagnose, plot
+    from fgc.tools import bench, diagnose, plot
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
     bench.add_arguments(sub.add_parser("bench", help="time, memory and FLOPs of each "

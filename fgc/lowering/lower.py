@@ -1,6 +1,6 @@
 """Lowering: a planned graph becomes an ordinary Equinox module.
 
-``lower(plan, key)`` builds one layer per op node (:mod:`fgc.modules`) and wraps
+``lower(plan, key)`` builds one layer per op node (:mod:`fgc.lowering.modules`) and wraps
 them in a :class:`Network`: a plain ``eqx.Module`` that can be called, jitted,
 differentiated and serialised without the rest of fgc. The plan's decisions are
 baked in as static metadata: the stop-gradient edges, the perturbation sites and
@@ -13,7 +13,7 @@ tree path names its node (``.layers['stem.1/dense.0'].weight``); that is how
 
 Example:
     >>> import jax, fgc
-    >>> from fgc.lower import lower, param_labels
+    >>> from fgc.lowering.lower import lower, param_labels
     >>> plan = fgc.load("specs/mixer-s-1-1.fg").plan("lg-bp")   # doctest: +SKIP
     >>> net = lower(plan, jax.random.key(0))                     # doctest: +SKIP
     >>> logits = net(images)                      # [B, classes]   doctest: +SKIP
@@ -23,7 +23,7 @@ Example:
 # - One interpreter (`Network._run`) walks the steps; the plan only changes which
 #   edges stop gradients, so every algorithm shares the same code path.
 # - Replicated losses are not built from their head ops: the value before the
-#   head's `mean` goes to `fgc.replicated.replicated_xent` with the `linear`
+#   head's `mean` goes to `fgc.lowering.replicated.replicated_xent` with the `linear`
 #   layer's parameters (one pass for all P*G replicas). The head's `mean` and
 #   `linear` still run, to give the logits.
 
@@ -39,13 +39,13 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
-from fgc.data import DATASET_STATS, normalize as _normalize
+from fgc.training.data import DATASET_STATS, normalize as _normalize
 from fgc.errors import LoweringError
-from fgc.modules import AbstractLayer, make_layer
-from fgc.replicated import replicated_xent, xent
+from fgc.lowering.modules import AbstractLayer, make_layer
+from fgc.lowering.replicated import replicated_xent, xent
 
 if TYPE_CHECKING:
-    from fgc.program import Plan
+    from fgc.plan.program import Plan
 
 __all__ = ["DATASET_STATS", "Forward", "LossHead", "Network", "Step", "count_params", "lower",
            "param_labels", "weight_mask"]
@@ -80,7 +80,7 @@ class Step:
 
 @dataclass(frozen=True)
 class LossHead:
-    """One loss instance as lowered (an immutable, hashable copy of :class:`fgc.ir.LossInfo`).
+    """One loss instance as lowered (an immutable, hashable copy of :class:`fgc.graph.ir.LossInfo`).
 
     Attributes:
       id: loss id (``loss:local@mixer.1``).
@@ -120,7 +120,7 @@ class Forward(eqx.Module):
 
     Attributes:
       losses: loss id → per-example losses. Plain losses: ``[B]``. Replicated
-        losses: ``[B, P, G]`` from :func:`fgc.replicated.replicated_xent`,
+        losses: ``[B, P, G]`` from :func:`fgc.lowering.replicated.replicated_xent`,
         where an axis not replicated over has size 1 (``[B, P, 1]`` for
         ``replicate = [patches]``, ``[B, 1, G]`` for ``[groups]``). Every replica
         of example ``n`` has the same value; its derivative flows only through
@@ -146,7 +146,7 @@ class Network(eqx.Module):
     :meth:`forward` for training (every loss, noise at the perturbation sites).
     Inputs are raw batches ``[B, *input_shape]``: uint8 on 0..255 or floats on
     [0, 1]. When the network knows the dataset statistics (``normalize =`` in
-    the spec) it normalises them itself, exactly as :func:`fgc.data.normalize`
+    the spec) it normalises them itself, exactly as :func:`fgc.training.data.normalize`
     does; a network lowered with ``normalize=False`` expects normalised input.
 
     Attributes:
@@ -229,7 +229,7 @@ class Network(eqx.Module):
           cut_sites: stop gradients (and tangents) at every perturbation
             site, so that differentiating ``site_inputs`` gives each layer's
             local backward only, never across another site (the
-            activity-perturbation estimator, :mod:`fgc.estimators`).
+            activity-perturbation estimator, :mod:`fgc.learning.estimators`).
           primals: every node's output from an earlier run on the same ``x``
             (``keep_values``). Each op is then differentiated at those values
             instead of being recomputed: an op's own output is only used for its
@@ -346,7 +346,7 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
     does not reshuffle the others.
 
     Args:
-      plan: a :class:`fgc.program.Plan` (its graph's stop-gradient edges are baked in).
+      plan: a :class:`fgc.plan.program.Plan` (its graph's stop-gradient edges are baked in).
       key: PRNG key.
       dtype: parameter dtype.
       normalize: normalise inputs inside the network with the dataset
@@ -378,7 +378,7 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
                if eqx.is_array(getattr(layer, f.name))}
         if got != {k: tuple(v) for k, v in d.params.items()}:
             raise AssertionError(f"lowering `{nid}` ({d.kind}) made parameters {got}, "
-                                 f"but fgc.ops says {d.params}")
+                                 f"but fgc.graph.ops says {d.params}")
         layers[nid] = layer
         steps.append(Step(nid, d.kind, tuple(ins), tuple(g.edge(u, nid).stop_gradient for u in ins),
                           d.role, d.loss, tuple(d.shape)))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fgc.ir import Graph
+from fgc.graph.ir import Graph
 
 
 def summary_rows(graph: Graph) -> list[tuple[str, str, str, int]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import lark
 from lark import Lark, Token, Transformer, v_args
 
-from fgc import syntax as S
+from fgc.front import syntax as S
 from fgc.errors import Diagnostic, FgError, Span, SpecError
 
 MAX_SPEC_BYTES = 1_000_000  # a real spec is a few KB; larger input is a mistake
@@ -40,7 +40,7 @@ _TOKEN_NAMES = {
 def _grammar_text() -> str:
     # In a source checkout the grammar sits at the top level; in a wheel it is
     # installed as the fgc.grammar package data.
-    local = Path(__file__).resolve().parent.parent / "grammar" / "fg.lark"
+    local = Path(__file__).resolve().parents[2] / "grammar" / "fg.lark"
     if local.is_file():
         return local.read_text(encoding="utf-8")
     return resources.files("fgc.grammar").joinpath("fg.lark").read_text(encoding="utf-8")
@@ -65,7 +65,7 @@ def _tok_span(path: str, tok: Token) -> Span:
 
 @v_args(meta=True)
 class _ToAst(Transformer):
-    """Builds syntax nodes; never raises semantic errors (those belong to fgc.check)."""
+    """Builds syntax nodes; never raises semantic errors (those belong to fgc.graph.check)."""
 
     def __init__(self, path: str):
         super().__init__()
@@ -245,7 +245,7 @@ def decode(data: bytes, path: str) -> str:
 
 
 def parse(text: str, path: str = "<spec>") -> S.SpecFile:
-    """Parses spec text into a :class:`~fgc.syntax.SpecFile`.
+    """Parses spec text into a :class:`~fgc.front.syntax.SpecFile`.
 
     Raises:
       SpecError: with ``path:line:col`` of the first syntax error.

@@ -1,0 +1,1 @@
+"""Front end: spec text → syntax tree (lark), canonical printing, typed sections."""

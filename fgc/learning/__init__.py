@@ -1,0 +1,1 @@
+"""Learning rules: how each parameter group turns the losses into an update."""

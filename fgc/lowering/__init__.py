@@ -1,0 +1,1 @@
+"""Lowering: a plan becomes plain Equinox modules (layers, the network, fused replicated losses)."""

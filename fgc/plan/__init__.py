@@ -1,0 +1,1 @@
+"""Planning: an algorithm applied to a checked graph (stop edges, groups, the credit map)."""

@@ -1,0 +1,1 @@
+"""User-facing tools over the API: the CLI, bench, diagnose, plot and viz."""

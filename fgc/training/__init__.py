@@ -1,0 +1,1 @@
+"""Training: data, the jit step and run loop, checkpoints."""
