@@ -41,9 +41,12 @@ class OpDef:
     """Static facts about one op kind.
 
     Attributes:
-      mixes_channels: an output unit depends on input units of other channels.
-      mixes_patches: an output unit depends on other patches/positions.
-      mixes_examples: an output depends on other examples in the batch (batch norm).
+      mixes: the axes along which an output unit depends on other input units:
+        ``examples`` (batch statistics), ``positions`` (patches or pixels),
+        ``channels`` (all of them; see ``channel_groups`` for ops that mix only
+        within groups). Every op states it; ``None`` means unknown, and the
+        credit map then treats the op as mixing every axis (over-crediting costs
+        variance, under-crediting is a bias).
       channel_groups: attribute naming the op's channel-group count, if the op
         keeps channel groups apart (group_linear, grouped layernorm).
       role: ``linear`` (has weights), ``norm``, ``act``, ``pool``, ``site``
@@ -56,12 +59,33 @@ class OpDef:
     params: Callable[[Shape, dict], dict[str, Shape]] = lambda s, a: {}
     arity: int = 1
     role: str = "act"
-    mixes_channels: bool = False
-    mixes_patches: bool = False
-    mixes_examples: bool = False
+    mixes: tuple[str, ...] | None = None
     channel_groups: str | None = None
     doc: str = ""
 
+    def __post_init__(self):
+        unknown = set(self.mixes or ()) - set(MIX_AXES)
+        if unknown:
+            raise ValueError(f"op `{self.name}`: unknown mixing axes {sorted(unknown)} "
+                             f"(axes: {', '.join(MIX_AXES)})")
+
+    def _mixes(self, axis: str) -> bool:
+        return self.mixes is None or axis in self.mixes
+
+    @property
+    def mixes_channels(self) -> bool:
+        return self._mixes("channels")
+
+    @property
+    def mixes_patches(self) -> bool:
+        return self._mixes("positions")
+
+    @property
+    def mixes_examples(self) -> bool:
+        return self._mixes("examples")
+
+
+MIX_AXES = ("examples", "positions", "channels")
 
 OPS: dict[str, OpDef] = {}
 
@@ -97,7 +121,7 @@ def _divides(n: int, g: int, what: str, of: str) -> None:
 
 # --- shape ops ----------------------------------------------------------------
 
-@op("patchify", Arg("per_side"), role="shape",
+@op("patchify", Arg("per_side"), role="shape", mixes=("positions", "channels"),
     doc="Cuts an image into per_side×per_side patches, each flattened: (H,W,C) → (P, h·w·C).")
 def _patchify(ins, a):
     (s,) = ins
@@ -110,13 +134,13 @@ def _patchify(ins, a):
     return (n * n, (h // n) * (w // n) * c)
 
 
-@op("flatten", role="shape", mixes_channels=True, mixes_patches=True,
+@op("flatten", role="shape", mixes=("positions", "channels"),
     doc="Flattens everything but the batch axis.")
 def _flatten(ins, a):
     return (math.prod(ins[0]),)
 
 
-@op("mean", Arg("axis", "patches", str, ("patches",)), role="pool", mixes_patches=True,
+@op("mean", Arg("axis", "patches", str, ("patches",)), role="pool", mixes=("positions",),
     doc="Averages over patches: (P, D) → (D,).")
 def _mean(ins, a):
     (s,) = ins
@@ -138,7 +162,7 @@ _INITS = ("default", "zeros")
 for _name, _doc in (("dense", "Linear layer on the channel axis, shared over patches."),
                     ("linear", "Same as dense; reads better in heads.")):
     @op(_name, Arg("out"), Arg("bias", True, bool), Arg("init", "default", str, _INITS),
-        params=_dense_params, role="linear", mixes_channels=True, doc=_doc)
+        params=_dense_params, role="linear", mixes=("channels",), doc=_doc)
     def _dense(ins, a):
         (s,) = ins
         _need_rank(s, (1, 2), "dense")
@@ -157,7 +181,7 @@ def _group_linear_params(s, a):
 
 @op("group_linear", Arg("out"), Arg("groups"), Arg("bias", True, bool),
     Arg("init", "default", str, _INITS), params=_group_linear_params, role="linear",
-    channel_groups="groups",
+    mixes=(), channel_groups="groups",
     doc="G independent linear maps, one per channel group: weight [G, in/G, out/G].")
 def _group_linear(ins, a):
     (s,) = ins
@@ -176,7 +200,7 @@ def _token_mix_params(s, a):
 
 
 @op("token_mix", Arg("bias", True, bool), Arg("init", "default", str, _INITS),
-    params=_token_mix_params, role="linear", mixes_patches=True,
+    params=_token_mix_params, role="linear", mixes=("positions",),
     doc="Linear map over patches (P→P), shared by all channels.")
 def _token_mix(ins, a):
     (s,) = ins
@@ -198,7 +222,7 @@ def _spatial_out(n: int, k: int, stride: int, padding: str) -> int:
 
 @op("conv", Arg("out"), Arg("kernel", 3), Arg("stride", 1), Arg("padding", "same", str,
     ("same", "valid")), Arg("bias", True, bool), Arg("init", "default", str, _INITS),
-    params=_conv_params, role="linear", mixes_channels=True, mixes_patches=True,
+    params=_conv_params, role="linear", mixes=("positions", "channels"),
     doc="2-D convolution over an image (H, W, C).")
 def _conv(ins, a):
     (s,) = ins
@@ -227,10 +251,10 @@ def _pool(ins, a):
 
 for _name in ("maxpool", "avgpool"):
     op(_name, Arg("size", 2), Arg("stride", 0), Arg("padding", "valid", str, ("same", "valid")),
-       role="pool", mixes_patches=True, doc=f"{_name[:3]} pooling over an image.")(_pool)
+       role="pool", mixes=("positions",), doc=f"{_name[:3]} pooling over an image.")(_pool)
 
 
-@op("global_avgpool", role="pool", mixes_patches=True,
+@op("global_avgpool", role="pool", mixes=("positions",),
     doc="Averages an image over its positions: (H, W, C) → (C,).")
 def _gap(ins, a):
     _need_rank(ins[0], (3,), "global_avgpool")
@@ -244,7 +268,7 @@ def _norm_params(s, a):
 
 
 @op("layernorm", Arg("groups", 1), Arg("affine", False, bool), Arg("eps", 1e-5, (int, float)),
-    params=_norm_params, role="norm", channel_groups="groups",
+    params=_norm_params, role="norm", mixes=(), channel_groups="groups",
     doc="LayerNorm over the channels (within each of `groups` groups); no affine by default.")
 def _layernorm(ins, a):
     (s,) = ins
@@ -253,7 +277,7 @@ def _layernorm(ins, a):
 
 
 @op("groupnorm", Arg("groups"), Arg("affine", True, bool), Arg("eps", 1e-5, (int, float)),
-    params=_norm_params, role="norm", mixes_patches=True, channel_groups="groups",
+    params=_norm_params, role="norm", mixes=("positions",), channel_groups="groups",
     doc="GroupNorm over positions and the channels of each group (for conv nets).")
 def _groupnorm(ins, a):
     (s,) = ins
@@ -262,19 +286,25 @@ def _groupnorm(ins, a):
 
 
 @op("batchnorm", Arg("affine", True, bool), Arg("eps", 1e-5, (int, float)),
-    params=_norm_params, role="norm", mixes_examples=True,
-    doc="Normalises each channel over the batch (and positions), with batch statistics.")
+    Arg("momentum", 0.1, (int, float)), params=_norm_params, role="norm",
+    mixes=("examples", "positions"),
+    doc="Normalises each channel over the batch and positions: batch statistics in "
+        "training, running statistics (updated with `momentum`) in evaluation.")
 def _batchnorm(ins, a):
+    if not 0 < a["momentum"] <= 1:
+        raise ShapeError(f"momentum must be in (0, 1], got {a['momentum']}",
+                         "the running statistics move by `momentum` of the batch's each step; "
+                         "0.1 is the usual value", code="E303")
     return ins[0]
 
 
 # --- elementwise ----------------------------------------------------------------------
 
 for _name in ("relu", "gelu", "tanh", "identity"):
-    op(_name, role="act", doc=f"Elementwise {_name}.")(lambda ins, a: ins[0])
+    op(_name, role="act", mixes=(), doc=f"Elementwise {_name}.")(lambda ins, a: ins[0])
 
 
-@op("add", arity=2, role="merge", doc="Residual add of another value of the same shape.")
+@op("add", arity=2, role="merge", mixes=(), doc="Residual add of another value of the same shape.")
 def _add(ins, a):
     x, y = ins
     if x != y:
@@ -283,13 +313,13 @@ def _add(ins, a):
     return x
 
 
-@op("perturb", role="site",
+@op("perturb", role="site", mixes=(),
     doc="A perturbation site: activity noise enters here (after the norm, before the activation).")
 def _perturb(ins, a):
     return ins[0]
 
 
-@op("stopgrad", role="grad", doc="Stops gradients (and forward-mode tangents) along this edge.")
+@op("stopgrad", role="grad", mixes=(), doc="Stops gradients (and forward-mode tangents) along this edge.")
 def _stopgrad(ins, a):
     return ins[0]
 

@@ -30,7 +30,9 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -41,16 +43,18 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from fgc.training.data import DATASET_STATS, normalize as _normalize
 from fgc.errors import LoweringError
-from fgc.lowering.modules import AbstractLayer, make_layer
+from fgc.lowering.modules import AbstractLayer, Buffer, StatefulLayer, is_buffer, make_layer, trainable
 from fgc.lowering.replicated import replicated_xent, xent
 
 if TYPE_CHECKING:
     from fgc.plan.program import Plan
 
 __all__ = ["DATASET_STATS", "Forward", "LossHead", "Network", "Step", "count_params", "lower",
-           "param_labels", "weight_mask"]
+           "param_labels", "trainable", "weight_mask"]
 
 Shape = tuple[int, ...]
+
+Intercept = Callable[["Step", Callable[..., Array], list[Array]], Array]
 
 LOSS_KINDS = ("xent",)
 
@@ -130,6 +134,8 @@ class Forward(eqx.Module):
       site_inputs: site id → the activation before the noise, ``u``.
       values: node id → every node's output as in :meth:`Network.values`, when
         asked for (else empty).
+      state: node id → the new buffers of each stateful layer (batch-norm
+        running statistics) after this batch; empty in evaluation.
     """
 
     losses: dict[str, Array]
@@ -137,6 +143,7 @@ class Forward(eqx.Module):
     sites: dict[str, Array]
     site_inputs: dict[str, Array]
     values: dict[str, Array]
+    state: dict[str, Buffer]
 
 
 class Network(eqx.Module):
@@ -206,15 +213,16 @@ class Network(eqx.Module):
 
     # --- running -------------------------------------------------------------------------
     def __call__(self, x: Array) -> Float[Array, "batch classes"]:
-        """Logits of the final loss's head, ``[B, classes]``; runs only what they need."""
+        """Logits of the final loss's head, ``[B, classes]``, in evaluation mode (batch
+        norm reads its running statistics); runs only what they need."""
         head = self.loss_head(self.final_loss)
-        vals, _, _ = self._run(x, None, need=head.logits_node)
+        vals, _, _, _ = self.run(x, need=head.logits_node, train=False)
         return vals[head.logits_node]
 
     def forward(self, x: Array, labels: Int[Array, " batch"] | None = None, *,
                 noise: dict[str, Array] | None = None, keep_values: bool = False,
-                cut_sites: bool = False, primals: dict[str, Array] | None = None) -> Forward:
-        """Runs the whole program: every loss, with optional activity noise.
+                train: bool = True, intercept: Intercept | None = None) -> Forward:
+        """Runs the whole program in training mode: every loss, with optional activity noise.
 
         Args:
           x: raw inputs ``[B, *input_shape]`` (see the class docstring).
@@ -223,24 +231,22 @@ class Network(eqx.Module):
             node; sites not named get none. To get activity-perturbation
             tangents, pass zeros as the primal and the noise as the tangent of
             ``jax.jvp``: stop-gradient edges stop those tangents too.
-          keep_values: also return every node's output (for estimators that
-            need layer inputs); off by default, as a jitted function returning
-            them keeps every activation alive.
-          cut_sites: stop gradients (and tangents) at every perturbation
-            site, so that differentiating ``site_inputs`` gives each layer's
-            local backward only, never across another site (the
-            activity-perturbation estimator, :mod:`fgc.learning.estimators`).
-          primals: every node's output from an earlier run on the same ``x``
-            (``keep_values``). Each op is then differentiated at those values
-            instead of being recomputed: an op's own output is only used for its
-            derivative, so XLA drops a linear layer's forward matmul, and a
-            reverse pass over this run costs the backward alone.
+          keep_values: also return every node's output; off by default, as a
+            jitted function returning them keeps every activation alive.
+          train: batch statistics (and new buffers in ``state``); False reads
+            the buffers, as evaluation does.
+          intercept: see :meth:`run`.
 
         Returns:
-          A :class:`Forward` with per-example losses, logits and site values.
+          A :class:`Forward` with per-example losses, logits, site values and state.
         """
-        vals, sites, site_inputs = self._run(x, noise or {}, need=None, cut=cut_sites,
-                                             primals=primals)
+        if noise:
+            unknown = sorted(set(noise) - set(self.sites))
+            if unknown:
+                raise ValueError(f"noise for unknown perturbation sites {unknown}; "
+                                 f"sites: {list(self.sites)}")
+        vals, sites, site_inputs, state = self.run(x, noise=noise or {}, train=train,
+                                                   intercept=intercept)
         logits = {l.id: vals[l.logits_node] for l in self.loss_heads}
         losses = {}
         if labels is not None:
@@ -250,45 +256,63 @@ class Network(eqx.Module):
                 else:
                     z = jax.lax.stop_gradient(logits[l.id]) if l.stop else logits[l.id]
                     losses[l.id] = xent(z, labels)
-        return Forward(losses, logits, sites, site_inputs, vals if keep_values else {})
+        return Forward(losses, logits, sites, site_inputs, vals if keep_values else {}, state)
 
-    def values(self, x: Array, *, noise: dict[str, Array] | None = None) -> dict[str, Array]:
+    def values(self, x: Array, *, noise: dict[str, Array] | None = None,
+               train: bool = True) -> dict[str, Array]:
         """Every node's output, node id → ``[B, *shape]`` (the input node's is the
         normalised input); for inspection and for estimators that need layer inputs."""
-        return self._run(x, noise or {}, need=None)[0]
+        return self.run(x, noise=noise or {}, train=train)[0]
 
-    def _run(self, x, noise, need, cut=False, primals=None):
+    def run(self, x: Array, *, noise: dict[str, Array] | None = None, need: str | None = None,
+            train: bool = True, intercept: Intercept | None = None):
+        """The interpreter: every step in topological order.
+
+        ``intercept(step, apply, args)`` (optional) computes a step's output in
+        place of ``apply(*args)``: the hook through which update rules change how
+        values flow (cut gradients at sites, reuse primal values) without the
+        network knowing about them.
+
+        Returns:
+          ``(values, sites, site_inputs, state)``: node id → output; site id →
+          output and input; stateful node id → its new buffers (training only).
+        """
         if x.shape[1:] != self.input_shape:
             raise ValueError(f"expected inputs [B, {', '.join(map(str, self.input_shape))}], "
                              f"got shape {tuple(x.shape)}")
-        if noise:
-            unknown = sorted(set(noise) - set(self.sites))
-            if unknown:
-                raise ValueError(f"noise for unknown perturbation sites {unknown}; "
-                                 f"sites: {list(self.sites)}")
-        if primals is not None:
-            x = primals[self.input_id]
-        elif self.input_mean is not None:
+        if self.input_mean is not None:
             x = _normalize(x, self.input_mean, self.input_std)
         wanted = None if need is None else _ancestors(self.steps, need)
         vals: dict[str, Array] = {self.input_id: x}
-        sites, site_inputs = {}, {}
+        sites, site_inputs, state = {}, {}, {}
+        noise = noise or {}
         for s in self.steps:
             if wanted is not None and s.id not in wanted:
                 continue
             args = [jax.lax.stop_gradient(vals[u]) if stop else vals[u]
                     for u, stop in zip(s.inputs, s.stops)]
+            layer = self.layers[s.id]
+            if isinstance(layer, StatefulLayer):
+                apply = functools.partial(layer, train=train)
+                if train:
+                    state[s.id] = layer.next_state(*args)
+            elif s.id in noise:
+                apply = functools.partial(layer, noise=noise[s.id])
+            else:
+                apply = layer
+            vals[s.id] = intercept(s, apply, args) if intercept is not None else apply(*args)
             if s.kind == "perturb" and s.role == "op":
                 site_inputs[s.id] = args[0]
-                u = jax.lax.stop_gradient(args[0]) if cut else args[0]
-                vals[s.id] = sites[s.id] = self.layers[s.id](u, (noise or {}).get(s.id))
-            else:
-                vals[s.id] = self.layers[s.id](*args)
-            if primals is not None:
-                vals[s.id] = _at_primal(primals[s.id], vals[s.id])
-                if s.id in sites:
-                    sites[s.id] = vals[s.id]
-        return vals, sites, site_inputs
+                sites[s.id] = vals[s.id]
+        return vals, sites, site_inputs, state
+
+    def with_state(self, state: dict[str, Buffer]) -> "Network":
+        """The network with the buffers of ``state`` (node id → new buffers) in place."""
+        if not state:
+            return self
+        ids = sorted(state)
+        return eqx.tree_at(lambda n: [n.layers[i].stats for i in ids], self,
+                           [state[i] for i in ids])
 
     def _fused_loss(self, loss: LossHead, vals: dict, labels: Array) -> Array:
         # The head is `<per-patch ops> | mean | linear`: hand the value before the
@@ -309,19 +333,6 @@ class Network(eqx.Module):
             # One replica per group over all patches: pool first, then P = 1.
             h = jnp.mean(h, axis=1, keepdims=True)
         return replicated_xent(h, linear.weight, bias, labels, loss.groups)
-
-
-@jax.custom_jvp
-def _at_primal(primal: Array, live: Array) -> Array:
-    """``primal``'s value with ``live``'s derivative: differentiating through it
-    linearises ``live`` at the known value ``primal`` (which must equal it), so
-    ``live``'s own forward computation is dead code that jit removes."""
-    return primal
-
-
-@_at_primal.defjvp
-def _at_primal_jvp(primals, tangents):
-    return primals[0], tangents[1]
 
 
 def _ancestors(steps: tuple[Step, ...], target: str) -> set[str]:
@@ -420,12 +431,12 @@ def param_labels(network: Network, plan: Plan) -> PyTree[str]:
     """Each parameter's group name (from ``plan.assignment``), for ``optax.partition``.
 
     Args:
-      network: the network, or its parameters ``eqx.filter(network, eqx.is_array)``
+      network: the network, or its parameters ``eqx.filter(network, trainable(network))``
         (or any pytree of the same structure).
       plan: the plan it was lowered from.
 
     Returns:
-      A pytree shaped like ``eqx.filter(network, eqx.is_array)`` with the group
+      A pytree shaped like ``eqx.filter(network, trainable(network))`` with the group
       name at every array leaf.
 
     A ``Network`` is callable, and optax calls a callable ``param_labels`` or
@@ -434,7 +445,7 @@ def param_labels(network: Network, plan: Plan) -> PyTree[str]:
     Example:
         >>> labels = functools.partial(param_labels, plan=plan)     # doctest: +SKIP
         >>> opt = optax.partition({g: optax.sgd(0.1) for g in plan.groups}, labels)
-        >>> opt.init(eqx.filter(net, eqx.is_array))
+        >>> opt.init(eqx.filter(net, trainable(net)))
     """
     def label(path, leaf):
         nid = _node_of(path)
@@ -442,7 +453,7 @@ def param_labels(network: Network, plan: Plan) -> PyTree[str]:
             raise KeyError(f"`{nid}` has parameters but no group in the plan")
         return plan.assignment[nid]
 
-    return jax.tree_util.tree_map_with_path(label, eqx.filter(network, eqx.is_array))
+    return jax.tree_util.tree_map_with_path(label, eqx.filter(network, trainable(network)))
 
 
 def weight_mask(network: Network) -> PyTree[bool]:
@@ -452,7 +463,7 @@ def weight_mask(network: Network) -> PyTree[bool]:
       network: the network or its parameters (any pytree of its structure).
 
     Returns:
-      A pytree shaped like ``eqx.filter(network, eqx.is_array)``.
+      A pytree shaped like ``eqx.filter(network, trainable(network))``.
 
     Pass the function itself where optax takes a mask (a mask *tree* shaped like
     a ``Network`` is callable, and optax would call it):
@@ -462,11 +473,13 @@ def weight_mask(network: Network) -> PyTree[bool]:
     """
     return jax.tree_util.tree_map_with_path(
         lambda path, leaf: getattr(path[-1], "name", None) == "weight",
-        eqx.filter(network, eqx.is_array))
+        eqx.filter(network, trainable(network)))
 
 
 def count_params(network: Network) -> int:
-    """Number of parameters (also works on ``eqx.filter_eval_shape`` output)."""
+    """Number of trainable parameters (buffers such as batch-norm running statistics
+    excluded); also works on ``eqx.filter_eval_shape`` output."""
+    kept = jax.tree_util.tree_map(lambda x: None if is_buffer(x) else x, network, is_leaf=is_buffer)
     leaves = jax.tree_util.tree_leaves(
-        network, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
+        kept, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
     return sum(int(x.size) for x in leaves if eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct))

@@ -34,16 +34,17 @@ from typing import Callable
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, PRNGKeyArray
+from jaxtyping import Array, Float, PRNGKeyArray, PyTree
 
 from fgc.errors import LoweringError
 
 Shape = tuple[int, ...]
 
 __all__ = [
-    "AbstractLayer", "Activation", "Add", "AvgPool", "BatchNorm", "Conv", "Dense", "Flatten",
+    "AbstractLayer", "Activation", "Add", "AvgPool", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Flatten",
     "GlobalAvgPool", "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "MaxPool", "MeanPatches",
-    "Patchify", "Perturb", "StopGrad", "TokenMix", "init_std", "make_layer", "register",
+    "Patchify", "Perturb", "StatefulLayer", "StopGrad", "TokenMix", "init_std", "is_buffer",
+    "make_layer", "register", "trainable",
 ]
 
 LAYERS: dict[str, type["AbstractLayer"]] = {}
@@ -294,25 +295,81 @@ class GroupNorm(_AbstractNorm):
         return self._apply_affine(_standardize(xg, axes, self.eps).reshape(x.shape))
 
 
+class Buffer(eqx.Module):
+    """Marks non-trainable arrays a layer keeps (model state): never perturbed,
+    decayed or updated by optax; the train step replaces them with what the
+    forward pass computed. Filter trainable arrays with :func:`trainable`."""
+
+
+class BatchStats(Buffer):
+    """Running per-channel mean and variance of a batch norm."""
+
+    mean: Float[Array, " channels"]
+    var: Float[Array, " channels"]
+
+
+def is_buffer(x) -> bool:
+    return isinstance(x, Buffer)
+
+
+def trainable(tree) -> "PyTree[bool]":
+    """Filter spec: True for trainable arrays, False for arrays inside a :class:`Buffer`
+    (for ``eqx.filter`` / ``eqx.partition``)."""
+    return jax.tree_util.tree_map(lambda x: False if is_buffer(x) else eqx.is_array(x), tree,
+                                  is_leaf=is_buffer)
+
+
+class StatefulLayer(AbstractLayer):
+    """A layer whose training forward also yields new buffers (``next_state``) and
+    whose evaluation forward reads them (``train=False``)."""
+
+    @abc.abstractmethod
+    def __call__(self, *xs: Array, train: bool = True) -> Array:
+        """Applies the op; ``train=False`` reads the buffers instead of the batch."""
+
+    @abc.abstractmethod
+    def next_state(self, *xs: Array) -> Buffer:
+        """The buffers after a training step on ``xs`` (no gradient flows into them)."""
+
+
 @register("batchnorm")
-class BatchNorm(_AbstractNorm):
+class BatchNorm(_AbstractNorm, StatefulLayer):
     """Normalises each channel over the batch and all positions.
 
-    Training mode only: it always uses the statistics of the batch it is given
-    and keeps no running averages, so evaluation in small or single-example
-    batches differs from evaluation in training-sized batches.
+    Training uses the batch's statistics (so under ``jax.jvp`` they carry their own
+    tangent); evaluation uses running statistics, updated by every training step as
+    ``(1 - momentum) · running + momentum · batch`` with the unbiased batch variance
+    (PyTorch's convention, which the ResNet recipes assume).
     """
 
     scale: Float[Array, " channels"] | None
     shift: Float[Array, " channels"] | None
+    stats: BatchStats
     eps: float = eqx.field(static=True)
+    momentum: float = eqx.field(static=True)
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls(*_affine(attrs, in_shapes[0][-1], dtype), float(attrs.get("eps", 1e-5)))
+        c = in_shapes[0][-1]
+        return cls(*_affine(attrs, c, dtype),
+                   BatchStats(jnp.zeros((c,), dtype), jnp.ones((c,), dtype)),
+                   float(attrs.get("eps", 1e-5)), float(attrs.get("momentum", 0.1)))
 
-    def __call__(self, x: Float[Array, "batch *pos c"]) -> Float[Array, "batch *pos c"]:
-        return self._apply_affine(_standardize(x, tuple(range(x.ndim - 1)), self.eps))
+    def __call__(self, x: Float[Array, "batch *pos c"], train: bool = True
+                 ) -> Float[Array, "batch *pos c"]:
+        if train:
+            return self._apply_affine(_standardize(x, tuple(range(x.ndim - 1)), self.eps))
+        mean, var = jax.lax.stop_gradient((self.stats.mean, self.stats.var))
+        return self._apply_affine((x - mean) * jax.lax.rsqrt(var + self.eps))
+
+    def next_state(self, x: Array) -> BatchStats:
+        x = jax.lax.stop_gradient(x)
+        axes = tuple(range(x.ndim - 1))
+        n = math.prod(x.shape[:-1])
+        mean = jnp.mean(x, axis=axes)
+        var = jnp.var(x, axis=axes) * (n / max(n - 1, 1))
+        m = self.momentum
+        return BatchStats((1 - m) * self.stats.mean + m * mean, (1 - m) * self.stats.var + m * var)
 
 
 # --- pooling and shape ----------------------------------------------------------------------

@@ -1,24 +1,39 @@
-"""Credit assignment for forward-gradient estimates.
+"""The credit map: which loss replicas every perturbed unit and weight answers to.
 
 A replicated local loss gives one directional derivative per replica
-``d[n, p, g]`` (example, patch, channel group). Which replicas a perturbed
-unit or weight may be credited with follows from the graph: a unit of a site
-answers to replica ``(n, p, g)`` only when every path from it to the loss keeps
-patch ``p`` and group ``g`` apart (REFERENCE §3-4). Crediting it with fewer
-replicas than it influences would bias the estimate; crediting it with more
-only adds variance. These rules are derived from the op table's locality facts,
-so a new op or block shape needs no new estimator code.
+``d[n, p, g]`` (example, patch, channel group). Replica ``(n, p, g)`` reads the
+head's input ``h`` only through its own slice ``h[n, p, g]`` (REFERENCE §3), so a
+unit answers to exactly the replicas whose slice its value reaches. The map is
+computed once per plan from the op table's declared mixing facts
+(:attr:`fgc.graph.ops.OpDef.mixes`) along every gradient-carrying path from the
+unit to the loss; the estimators consume it and derive nothing themselves.
+
+Why it is unbiased: with activity noise ``z`` on unit ``u``, ``E[d_r z_u] =
+∂L_r/∂u`` for every replica ``r``, and the unit's true gradient is
+``Σ_r ∂L_r/∂u`` over the replicas it reaches. Crediting the sum over every replica
+that *can* be reached (its own patch unless some op on a path mixes positions, its
+own group unless some op mixes across groups of the loss, its own example unless
+some op uses batch statistics) is therefore unbiased; crediting a replica it cannot
+reach only adds a zero-mean term (variance). So the rule errs one way: an op whose
+facts are unknown counts as mixing every axis.
+
+``ignore_norm`` (Ren et al.'s released code) treats normalisation layers as if they
+kept every unit apart: biased by design, with less variance; ``fgc verify``
+reports the bias.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 
 import jax.numpy as jnp
+import networkx as nx
 
 from fgc.graph.ir import Graph, LossInfo
-from fgc.graph.ops import OPS
-from fgc.graph.passes import mixing_downstream
+from fgc.graph.ops import OPS, group_count
+
+RULES = ("exact", "ignore_norm")
 
 
 @dataclass(frozen=True)
@@ -38,74 +53,203 @@ class Credit:
     groups: int
     examples: bool = True
 
-
-def reaches(graph: Graph, nid: str, loss: LossInfo) -> bool:
-    """Whether a change at ``nid`` can reach ``loss`` without crossing a stop edge."""
-    target = loss.head_nodes[0] if loss.head_nodes else loss.id
-    if graph.edge(loss.source, target).stop_gradient:
-        return False
-    if nid == loss.source:
-        return True
-    seen, frontier = {nid}, [nid]
-    while frontier:
-        u = frontier.pop()
-        for v in graph.g.successors(u):
-            if v in seen or graph.edge(u, v).stop_gradient or graph.node(v).role != "op":
-                continue
-            if v == loss.source:
-                return True
-            seen.add(v)
-            frontier.append(v)
-    return False
+    def describe(self) -> str:
+        kept = [a for a, k in (("example", self.examples), ("patch", self.patches),
+                               ("group", bool(self.groups))) if k]
+        return f"{self.loss.removeprefix('loss:')}: own " + ("/".join(kept) or "nothing") + \
+            (f" (of {self.groups})" if self.groups else "")
 
 
-def _mixes_examples(graph: Graph, nid: str, loss: LossInfo) -> bool:
-    """Whether some op between ``nid`` and the loss (its head included) uses batch
-    statistics."""
-    on_path = {nid}
-    frontier = [nid]
-    while frontier:
-        u = frontier.pop()
-        for v in graph.g.successors(u):
-            if v in on_path or graph.edge(u, v).stop_gradient:
-                continue
-            d = graph.node(v)
-            if d.role == "loss" or (d.role == "head" and d.loss != loss.id):
-                continue
-            if d.role == "op" and not reaches(graph, v, loss):
-                continue
-            on_path.add(v)
-            frontier.append(v)
-    return any(OPS[graph.node(n).kind].mixes_examples for n in on_path
-               if graph.node(n).kind in OPS)
+@dataclass(frozen=True)
+class CreditMap:
+    """The credit of every perturbation site and every backbone parameter node.
 
-
-def credits(graph: Graph, nid: str, rule: str = "exact") -> list[Credit]:
-    """The credit rule of every loss that a unit of ``nid``'s output reaches.
-
-    ``rule`` is the estimator's ``credit``: ``exact`` follows every path; ``ignore_norm``
-    lets a unit answer to its own patch and group through normalisation layers that in
-    fact mix them (Ren et al.'s released code; biased, with less variance).
+    Attributes:
+      rule: ``exact`` or ``ignore_norm``.
+      sites: site id → the credit of every loss its noise reaches (empty: a dead
+        site, whose noise reaches no loss).
+      weights: parameter node → the credit of every loss its output reaches.
+      shared: head parameter node → the number of replicas that share it: the
+        ops after a replicated head's ``mean`` see every replica's full pooled
+        value, so the replicated objective counts their gradient that many times.
+      masks: site → the ReLU every path from it passes first (directly or after a
+        residual ``add``), whose post-activation mask is known to zero the site's
+        true gradient; None where there is no such ReLU.
+      owners: site → the parameter nodes upstream of it reached without crossing
+        another site or a stop edge: the layers that learn from its estimate.
     """
-    out = []
-    shape = graph.node(nid).shape
-    for loss in graph.losses.values():
-        if not reaches(graph, nid, loss):
+
+    rule: str
+    sites: dict[str, tuple[Credit, ...]] = field(default_factory=dict)
+    weights: dict[str, tuple[Credit, ...]] = field(default_factory=dict)
+    shared: dict[str, int] = field(default_factory=dict)
+    masks: dict[str, str | None] = field(default_factory=dict)
+    owners: dict[str, frozenset[str]] = field(default_factory=dict)
+
+    @property
+    def dead_sites(self) -> tuple[str, ...]:
+        return tuple(s for s, c in self.sites.items() if not c)
+
+    def table(self) -> list[tuple[str, str, str]]:
+        """``(node, kind, credit)`` rows for ``fgc check --credit``."""
+        rows = [(s, "site", "; ".join(c.describe() for c in cs) or "dead: reaches no loss")
+                for s, cs in self.sites.items()]
+        rows += [(n, "weights", "; ".join(c.describe() for c in cs) or "reaches no loss")
+                 for n, cs in self.weights.items()]
+        rows += [(n, "head", f"shared by {r} replicas: gradient scaled by 1/{r}")
+                 for n, r in self.shared.items()]
+        return rows
+
+
+def credit_map(graph: Graph, rule: str = "exact") -> CreditMap:
+    """Computes the credit map of a planned graph (its stop-gradient edges marked)."""
+    if rule not in RULES:
+        raise ValueError(f"unknown credit rule `{rule}` (rules: {', '.join(RULES)})")
+    flow = _gradient_graph(graph)
+    targets = {lid: _targets(graph, loss) for lid, loss in graph.losses.items()}
+    sites, weights = {}, {}
+    for nid in graph.topo():
+        d = graph.node(nid)
+        if d.role != "op":
             continue
-        ignore_norm = rule == "ignore_norm"
-        mixes_p, kept = mixing_downstream(graph, nid, {loss.source}, norms_local=ignore_norm)
-        src = graph.node(loss.source)
-        if src.kind in OPS and not (ignore_norm and OPS[src.kind].role == "norm"):
-            mixes_p |= OPS[src.kind].mixes_patches
-        keep_p = ("patches" in loss.replicate and not mixes_p and len(shape) >= 2
-                  and tuple(shape[:-1]) == tuple(src.shape[:-1]))
+        if d.kind == "perturb":
+            sites[nid] = _credits(graph, flow, nid, targets, rule)
+        elif d.params:
+            weights[nid] = _credits(graph, flow, nid, targets, rule)
+    return CreditMap(rule, sites, weights, _shared_heads(graph),
+                     {s: _relu_after(graph, flow, s) for s in sites},
+                     {s: frozenset(_segment_owners(graph, flow, s)) for s in sites})
+
+
+def _gradient_graph(graph: Graph) -> nx.DiGraph:
+    """The edges that carry gradients and tangents (stop-gradient edges removed)."""
+    flow = nx.DiGraph()
+    flow.add_nodes_from(graph.g.nodes)
+    flow.add_edges_from((u, v) for u, v in graph.g.edges if not graph.edge(u, v).stop_gradient)
+    return flow
+
+
+def _targets(graph: Graph, loss: LossInfo) -> tuple[str, str]:
+    """``(h, loss)``: the value whose slices the replicas read (the input of a
+    replicated head's ``mean``; the loss itself otherwise) and the loss node."""
+    if loss.replicate:
+        kinds = [graph.node(h).kind for h in loss.head_nodes]
+        mean = loss.head_nodes[kinds.index("mean")]
+        return graph.inputs(mean)[0], loss.id
+    return loss.id, loss.id
+
+
+def _between(flow: nx.DiGraph, start: str, target: str) -> set[str] | None:
+    """Nodes on some gradient-carrying path from ``start`` to ``target`` (both
+    excluded; ``target`` included when it is an op, since the slice is its output),
+    or None when there is no such path."""
+    if start == target:
+        return set()
+    down = nx.descendants(flow, start)
+    if target not in down:
+        return None
+    return (down & nx.ancestors(flow, target)) | {target}
+
+
+def _credits(graph: Graph, flow: nx.DiGraph, nid: str, targets: dict,
+             rule: str) -> tuple[Credit, ...]:
+    shape = graph.node(nid).shape
+    out = []
+    for lid, loss in graph.losses.items():
+        h, node = targets[lid]
+        to_loss = _between(flow, nid, node)
+        if to_loss is None:
+            continue
+        to_h = _between(flow, nid, h)
+        if to_h is None:  # reaches the loss only past the slices (cannot happen in a checked head)
+            to_h = to_loss
+        facts = _facts(graph, to_h, rule)
+        examples = not _facts(graph, to_loss, rule)[0]
+        h_shape = graph.node(h).shape
+        keep_p = ("patches" in loss.replicate and not facts[1] and len(shape) >= 2
+                  and h_shape is not None and tuple(shape[:-1]) == tuple(h_shape[:-1]))
         g = loss.groups if "groups" in loss.replicate else 0
+        kept = facts[2]
         keep_g = bool(g) and kept is not None and (kept == 0 or kept % g == 0) \
             and shape[-1] % g == 0
-        out.append(Credit(loss.id, keep_p, g if keep_g else 0,
-                          not _mixes_examples(graph, nid, loss)))
+        out.append(Credit(lid, keep_p, g if keep_g else 0, examples))
+    return tuple(out)
+
+
+def _facts(graph: Graph, nodes: set[str], rule: str) -> tuple[bool, bool, int | None]:
+    """``(mixes_examples, mixes_positions, groups_kept)`` over ``nodes``: the finest
+    group count every op keeps apart (None: some op mixes all channels, 0: no op
+    touches channels across units)."""
+    ex = pos = False
+    groups = 0
+    for n in nodes:
+        d = graph.node(n)
+        if d.role not in ("op", "head"):
+            continue
+        op = OPS.get(d.kind)
+        if op is None:  # an op with no facts: assume it mixes everything
+            return True, True, None
+        if rule == "ignore_norm" and op.role == "norm":
+            continue
+        ex |= op.mixes_examples
+        pos |= op.mixes_patches
+        g = group_count(op, d.attrs)
+        if op.mixes_channels or g == 1:
+            groups = None
+        elif g and groups is not None:
+            groups = g if groups == 0 else math.gcd(groups, g)
+    return ex, pos, groups
+
+
+def _relu_after(graph: Graph, flow: nx.DiGraph, site: str) -> str | None:
+    node = site
+    for _ in range(2):
+        nxt = list(graph.g.successors(node))
+        if len(nxt) != 1 or not flow.has_edge(node, nxt[0]):
+            return None
+        kind = graph.node(nxt[0]).kind
+        if kind == "relu":
+            return nxt[0]
+        if kind != "add":
+            return None
+        node = nxt[0]
+    return None
+
+
+def _segment_owners(graph: Graph, flow: nx.DiGraph, site: str) -> set[str]:
+    owners, seen, todo = set(), {site}, [site]
+    while todo:
+        v = todo.pop()
+        for u in flow.predecessors(v):
+            if u in seen:
+                continue
+            seen.add(u)
+            du = graph.node(u)
+            if du.role != "op" or du.kind == "perturb":
+                continue
+            if du.params:
+                owners.add(u)
+            todo.append(u)
+    return owners
+
+
+def _shared_heads(graph: Graph) -> dict[str, int]:
+    """Head parameter nodes after a replicated head's ``mean``, with the replica count."""
+    out = {}
+    for loss in graph.losses.values():
+        if not loss.replicate:
+            continue
+        kinds = [graph.node(h).kind for h in loss.head_nodes]
+        h = graph.node(graph.inputs(loss.head_nodes[kinds.index("mean")])[0])
+        positions = math.prod(h.shape[:-1]) if "patches" in loss.replicate else 1
+        replicas = positions * (loss.groups if "groups" in loss.replicate else 1)
+        for n in loss.head_nodes[kinds.index("mean") + 1:]:
+            if graph.node(n).params and replicas > 1:
+                out[n] = replicas
     return out
 
+
+# --- applying a credit to derivatives ---------------------------------------------------------
 
 def reduce_replicas(d: jnp.ndarray, credit: Credit) -> jnp.ndarray:
     """Sums a loss's derivatives ``[B, P, G]`` (or ``[B]``) over the replicas a unit

@@ -20,6 +20,7 @@ from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, alg
                         group_from, presets, train_from)
 from fgc.errors import Diagnostic, SpecError, plural
 from fgc.graph.ir import Graph
+from fgc.plan.credit import RULES as CREDIT_RULES, CreditMap, credit_map
 from fgc.graph.ops import OPS
 from fgc.front.parse import parse, parse_file
 
@@ -33,6 +34,13 @@ class Plan:
     groups: dict[str, ParamGroup]  # group name -> group
     assignment: dict[str, str]  # node id -> group name (nodes with parameters)
     train: TrainConfig
+    credit: dict[str, CreditMap] = field(default_factory=dict)  # credit rule -> map
+
+    def credit_map(self, rule: str = "exact") -> CreditMap:
+        """The planned credit map under ``rule`` (:data:`fgc.plan.credit.RULES`)."""
+        if rule not in self.credit:
+            raise KeyError(f"no credit map for rule `{rule}` (planned: {', '.join(self.credit)})")
+        return self.credit[rule]
 
     def estimator_of(self, group: str) -> Estimator:
         """The group's own estimator; else backprop for a group of head parameters only
@@ -99,7 +107,8 @@ class Program:
         if d:
             raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
-        return Plan(g, algo, groups, assignment, self.train)
+        return Plan(g, algo, groups, assignment, self.train,
+                    {rule: credit_map(g, rule) for rule in CREDIT_RULES})
 
 
 def _owns_backbone(g: Graph, assignment: dict, group: str) -> bool:

@@ -40,7 +40,7 @@ from fgc.front.config import Call, TrainConfig
 from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
-from fgc.lowering.lower import Network, lower
+from fgc.lowering.lower import Network, count_params, lower, trainable
 
 if False:  # typing only
     from fgc.plan.program import Plan, Program
@@ -124,16 +124,16 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
               ) -> Callable:
     """The train step ``(net, opt_state, x, labels, key) -> (net, opt_state, losses)``.
 
-    Estimation, local weight gradients and the optax update run as one
-    jit-compiled function; the network and optimizer state are donated (updated
-    in place). ``max_traces`` makes a retrace an error
-    (``eqx.debug.assert_max_traces``).
+    Estimation, local weight gradients, the optax update of the trainable arrays and
+    the new buffers (batch-norm running statistics) run as one jit-compiled
+    function; the network and optimizer state are donated (updated in place).
+    ``max_traces`` makes a retrace an error (``eqx.debug.assert_max_traces``).
     """
     def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
         est = rule.estimate(net, x, labels, key)
-        params = eqx.filter(net, eqx.is_array)
+        params = eqx.filter(net, trainable(net))
         updates, opt_state = tx.update(est.grads, opt_state, params)
-        return eqx.apply_updates(net, updates), opt_state, est.losses
+        return eqx.apply_updates(net, updates).with_state(est.state), opt_state, est.losses
 
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
@@ -147,7 +147,9 @@ def _predict(net: Network, x: Array) -> Array:
 
 def evaluate(net: Network, x: np.ndarray, y: np.ndarray, batch_size: int = 1000) -> float:
     """Classification error in percent over ``(x, y)``, in fixed-size batches (the last
-    one padded, so one compilation serves every batch)."""
+    one padded, so one compilation serves every batch). The network runs in evaluation
+    mode (batch norm reads its running statistics), so every example's prediction is
+    its own and the padding changes none of them."""
     n = len(x)
     if n == 0:
         return float("nan")
@@ -181,7 +183,7 @@ class Run:
     key: Array
 
     def init_state(self):
-        return self.net, self.tx.init(eqx.filter(self.net, eqx.is_array))
+        return self.net, self.tx.init(eqx.filter(self.net, trainable(self.net)))
 
 
 def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
@@ -240,6 +242,13 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
     if credit is not None and credit not in CREDIT:
         raise ValueError(f"credit must be one of {', '.join(CREDIT)}, got {credit!r}")
     changes = {k: v for k, v in (("tangents", tangents), ("credit", credit)) if v is not None}
+    if changes and not any(plan.estimator_of(plan.assignment[n]).kind == "forward"
+                           for n in plan.assignment):
+        flags = " and ".join(f"--{k}" for k in changes)
+        raise TrainingError(f"{flags} set{'s' if len(changes) == 1 else ''} the forward-gradient "
+                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` trains "
+                            "every parameter by backprop; drop the flag or pick a forward-gradient "
+                            "algorithm (e.g. --algorithm lg-fg-a)")
 
     def fix(est):
         return replace(est, **changes) if est is not None and est.kind == "forward" else est
@@ -467,7 +476,7 @@ def _summary(run: Run, history: list[dict], wall: float, compile_seconds) -> dic
         "images_per_second": float(np.median(ips)) if ips else None,
         "wall_seconds": wall,
         "compile_seconds": compile_seconds,
-        "parameters": int(sum(x.size for x in jax.tree.leaves(eqx.filter(run.net, eqx.is_array)))),
+        "parameters": count_params(run.net),
         "estimator": run.rule.describe(),
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
