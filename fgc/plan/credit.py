@@ -101,6 +101,26 @@ class CreditMap:
         return rows
 
 
+def credit_table(plan) -> str:
+    """The plan's credit map as text (``fgc check --credit``), one row per site, weight
+    and shared head, under every credit rule that differs from ``exact``."""
+    exact = plan.credit_map("exact")
+    rows = exact.table()
+    loose = {n: c for n, _, c in plan.credit_map("ignore_norm").table()}
+    w = max([len(n) for n, _, _ in rows] + [4])
+    out = [f"credit map of `{plan.graph.meta.get('algorithm')}` (exact rule; "
+           "`ignore_norm:` where Ren et al.'s rule differs)",
+           f"  {'node':<{w}}  {'kind':<7}  answers to"]
+    for n, kind, c in rows:
+        out.append(f"  {n:<{w}}  {kind:<7}  {c}")
+        if loose.get(n, c) != c:
+            out.append(f"  {'':<{w}}  {'':<7}  ignore_norm: {loose[n]}")
+    dead = exact.dead_sites
+    if dead:
+        out.append(f"  dead sites (noise reaches no loss): {', '.join(dead)}")
+    return "\n".join(out)
+
+
 def credit_map(graph: Graph, rule: str = "exact") -> CreditMap:
     """Computes the credit map of a planned graph (its stop-gradient edges marked)."""
     if rule not in RULES:

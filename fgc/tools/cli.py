@@ -16,6 +16,7 @@ from fgc.errors import FgError, plural
 def _cmd_check(args) -> int:
     from fgc.plan.program import load
     from fgc.graph.summary import summary_table
+    from fgc.plan.credit import credit_table
     status = 0
     for path in args.specs:
         try:
@@ -26,9 +27,17 @@ def _cmd_check(args) -> int:
             print(e, file=sys.stderr)
             status = 1
             continue
+        if args.credit:
+            try:
+                plan = prog.plan(args.algorithm or prog.train.algorithm or "lg-fg-a")
+            except FgError as e:
+                print(e, file=sys.stderr)
+                status = 1
+                continue
+            print(credit_table(plan))
         if args.summary:
             print(summary_table(prog.graph))
-        else:
+        elif not args.credit:
             n = prog.graph.num_params()
             print(f"{path}: ok ({n:,} {'parameter' if n == 1 else 'parameters'})")
     return status
@@ -99,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("specs", nargs="+")
     c.add_argument("--summary", action="store_true",
                    help="print per-layer output shapes and parameter counts")
+    c.add_argument("--credit", action="store_true",
+                   help="print the credit map: which loss replicas every site and weight answers to")
+    c.add_argument("--algorithm", help="algorithm for --credit (default: the spec's, else lg-fg-a)")
     c.set_defaults(fn=_cmd_check)
 
     f = sub.add_parser("fmt", help="print specs in canonical form")
@@ -136,7 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
 
-    from fgc.tools import bench, diagnose, plot
+    from fgc.tools import bench, diagnose, plot, verify
+    verify.add_arguments(sub.add_parser("verify", help="check every parameter group's update "
+                                        "against jax.grad of an independent reference"))
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
     bench.add_arguments(sub.add_parser("bench", help="time, memory and FLOPs of each "

@@ -1,0 +1,191 @@
+"""``fgc verify``: is every parameter group's update what the algorithm says it is?
+
+On a small random batch of the spec's input shape, in float64, the mean of many
+estimates of each forward-gradient group is compared with ``jax.grad`` of the
+independent reference (:mod:`fgc.learning.reference`); backprop groups are
+compared exactly (allclose). A forward-gradient estimate is unbiased when, for
+every parameter element, ``|mean - true|`` is within a few standard errors; with
+many elements the bound is Bonferroni's (a family-wise false alarm rate
+``alpha``), so a layer reported biased is biased beyond reasonable doubt.
+
+Example:
+    >>> report = verify_plan(fgc.load("specs/mlp.fg").plan("fg-a"), samples=2000)  # doctest: +SKIP
+    >>> report.ok, report.biased                                              # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from dataclasses import dataclass, field
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fgc.learning.estimators import UpdateRule, node_of
+from fgc.learning.reference import reference_grads
+from fgc.lowering.lower import lower
+from fgc.lowering.modules import trainable
+
+__all__ = ["LayerCheck", "Report", "verify_plan", "z_bound"]
+
+
+def z_bound(elements: int, alpha: float) -> float:
+    """The two-sided Bonferroni bound on ``max |z|`` over ``elements`` normal z-scores."""
+    return statistics.NormalDist().inv_cdf(1 - alpha / (2 * max(elements, 1)))
+
+
+@dataclass(frozen=True)
+class LayerCheck:
+    """One parameter node's verdict.
+
+    Attributes:
+      node, group: the parameter node and its group.
+      rule: ``exact`` (compared allclose) or the forward estimator's description.
+      elements: parameter elements compared.
+      max_z: the largest ``|mean - true| / standard error`` (exact rules: 0 or inf).
+      rel_error: ``‖mean - true‖ / ‖true‖``.
+      noise: ``‖standard error‖ / ‖true‖``: the relative error sampling alone explains.
+      ok: within the bound (exact: allclose).
+    """
+
+    node: str
+    group: str
+    rule: str
+    elements: int
+    max_z: float
+    rel_error: float
+    noise: float
+    ok: bool
+
+
+@dataclass
+class Report:
+    algorithm: str
+    credit: str
+    samples: int
+    batch_size: int
+    bound: float
+    layers: list[LayerCheck] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return all(l.ok for l in self.layers)
+
+    @property
+    def biased(self) -> list[str]:
+        return [l.node for l in self.layers if not l.ok]
+
+    def format(self) -> str:
+        lines = [f"{self.algorithm} (credit {self.credit}): {self.samples} estimates of a "
+                 f"batch of {self.batch_size}, float64, bound max|z| ≤ {self.bound:.2f} · "
+                 f"{self.seconds:.1f}s"]
+        w = max([len(l.node) for l in self.layers] + [4])
+        r = max([len(l.rule) for l in self.layers] + [4])
+        lines.append(f"  {'node':<{w}}  {'group':<10} {'rule':<{r}} {'max z':>8} {'rel err':>9} "
+                     f"{'noise':>9}  verdict")
+        for l in self.layers:
+            z = "–" if l.rule == "exact" else ("inf" if math.isinf(l.max_z) else f"{l.max_z:.2f}")
+            verdict = "ok" if l.ok else ("BIASED" if l.rule != "exact" else "MISMATCH")
+            lines.append(f"  {l.node:<{w}}  {l.group:<10} {l.rule:<{r}} {z:>8} "
+                         f"{l.rel_error:>9.2e} {l.noise:>9.2e}  {verdict}")
+        lines.append("  verdict: " + ("every group's update matches its rule" if self.ok else
+                                      f"{len(self.biased)} biased: {', '.join(self.biased)}"))
+        return "\n".join(lines)
+
+    def as_dict(self) -> dict:
+        return {"algorithm": self.algorithm, "credit": self.credit, "samples": self.samples,
+                "batch_size": self.batch_size, "bound": self.bound, "ok": self.ok,
+                "biased": self.biased, "seconds": self.seconds,
+                "layers": [l.__dict__ for l in self.layers]}
+
+
+def _batch(plan, batch_size: int, seed: int):
+    shape = tuple(plan.graph.meta["input_shape"])
+    classes = int(plan.graph.meta.get("classes") or 10)
+    kx, ky = jax.random.split(jax.random.key(seed))
+    x = jax.random.uniform(kx, (batch_size, *shape), jnp.float64)
+    y = jax.random.randint(ky, (batch_size,), 0, classes)
+    return x, y
+
+
+def _by_node(tree) -> dict[str, list[np.ndarray]]:
+    out: dict[str, list[np.ndarray]] = {}
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        out.setdefault(node_of(path), []).append(np.asarray(leaf, np.float64).ravel())
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
+def _moments(rule: UpdateRule, net, x, y, samples: int, seed: int, chunk: int):
+    """Sum and sum of squares of ``samples`` estimates, node → flat arrays."""
+    @jax.jit
+    def draw(keys):
+        g = jax.vmap(lambda k: rule.estimate(net, x, y, k).grads)(keys)
+        return (jax.tree_util.tree_map(lambda a: a.sum(0), g),
+                jax.tree_util.tree_map(lambda a: (a * a).sum(0), g))
+
+    keys = jax.random.split(jax.random.key(seed + 1), samples)
+    total = total_sq = None
+    for i in range(0, samples, chunk):  # samples is a multiple of chunk: one compilation
+        s, q = draw(keys[i:i + chunk])
+        s, q = _by_node(s), _by_node(q)
+        total = s if total is None else {k: total[k] + s[k] for k in s}
+        total_sq = q if total_sq is None else {k: total_sq[k] + q[k] for k in q}
+    return total, total_sq
+
+
+def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0,
+                alpha: float = 1e-6, chunk: int | None = None) -> Report:
+    """Checks every parameter group of ``plan`` against the reference gradient.
+
+    Args:
+      plan: a :class:`~fgc.plan.program.Plan` (estimators as they will train).
+      samples: estimates averaged per forward-gradient group.
+      batch_size: examples in the random batch.
+      seed: seeds the batch, the initial parameters and the estimates.
+      alpha: family-wise false-alarm rate of the bound on max |z|.
+      chunk: estimates per compiled call (default: by parameter count).
+    """
+    t0 = time.perf_counter()
+    with jax.enable_x64(True):
+        net = lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False)
+        x, y = _batch(plan, batch_size, seed)
+        rule = UpdateRule.build(plan)
+        est_of = dict(rule.estimator_of)
+        true = _by_node(reference_grads(net, x, y))
+        n_params = sum(v.size for v in true.values())
+        forward = [n for n in true if est_of[n].kind == "forward"]
+        chunk = chunk or max(1, min(256, samples, 32_000_000 // max(n_params, 1)))
+        samples = chunk * math.ceil(samples / chunk)
+        elements = sum(true[n].size for n in forward)
+        bound = z_bound(elements, alpha)
+        if forward:
+            total, total_sq = _moments(rule, net, x, y, samples, seed, chunk)
+        once = _by_node(rule.estimate(net, x, y, jax.random.key(seed + 2)).grads)
+        layers = []
+        for n, g in true.items():
+            group = plan.assignment[n]
+            scale = float(np.abs(g).max()) if g.size else 0.0
+            norm = float(np.linalg.norm(g)) or 1.0
+            if n not in forward:
+                m = once[n]
+                ok = bool(np.allclose(m, g, rtol=1e-6, atol=1e-9 * max(scale, 1e-30)))
+                layers.append(LayerCheck(n, group, "exact", g.size, 0.0 if ok else math.inf,
+                                         float(np.linalg.norm(m - g)) / norm, 0.0, ok))
+                continue
+            m = total[n] / samples
+            var = np.maximum(total_sq[n] / samples - m * m, 0.0) * samples / max(samples - 1, 1)
+            se = np.sqrt(var / samples)
+            tol = 1e-9 * max(scale, 1e-30)  # float64 round-off of deterministic elements
+            z = np.abs(m - g) / np.sqrt(se * se + tol * tol)
+            max_z = float(z.max()) if z.size else 0.0
+            layers.append(LayerCheck(n, group, est_of[n].describe(), g.size, max_z,
+                                     float(np.linalg.norm(m - g)) / norm,
+                                     float(np.linalg.norm(se)) / norm, max_z <= bound))
+    credits = sorted({e.credit for e in est_of.values() if e.kind == "forward"}) or ["–"]
+    return Report(plan.graph.meta.get("algorithm") or "?", ",".join(credits), samples,
+                  batch_size, bound, layers, time.perf_counter() - t0)

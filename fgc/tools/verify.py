@@ -1,0 +1,98 @@
+"""``fgc verify SPEC``: the command line over :mod:`fgc.learning.verify`.
+
+Exit 0 when every parameter group of every algorithm checked matches its rule,
+1 with the biased layers named, 2 for bad arguments.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from fgc.errors import FgError, SpecError
+
+
+class VerifyError(FgError):
+    """A verify request that cannot run (no algorithm applies, bad output path)."""
+
+
+def algorithms_to_check(prog, names: str | None) -> list[str]:
+    """The algorithms named (comma list, or ``all``), else the spec's own, else every
+    algorithm the spec can be planned under."""
+    if names and names != "all":
+        return [n.strip() for n in names.split(",") if n.strip()]
+    if names is None and prog.train.algorithm:
+        return [prog.train.algorithm]
+    out = []
+    for name in sorted(prog.algorithms):
+        try:
+            prog.plan(name)
+        except SpecError:
+            continue
+        out.append(name)
+    if not out:
+        raise VerifyError(f"{prog.path}: no algorithm can be planned on this spec; "
+                          "`fgc check` says why")
+    return out
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("spec")
+    p.add_argument("--algorithm", help="algorithm(s) to check, comma-separated, or `all` "
+                   "(default: the spec's, else every algorithm that applies)")
+    p.add_argument("--credit", choices=("exact", "ignore_norm"),
+                   help="credit rule of the forward-gradient estimators (default: the algorithm's)")
+    p.add_argument("--tangents", type=_positive, help="tangents per estimate (default: the "
+                   "algorithm's)")
+    p.add_argument("--samples", type=_positive, default=1000,
+                   help="estimates averaged per check (default 1000)")
+    p.add_argument("--batch-size", type=_positive, default=4,
+                   help="examples in the random batch (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--alpha", type=float, default=1e-6,
+                   help="family-wise false-alarm rate of the z bound (default 1e-6)")
+    p.add_argument("--json", help="also write the reports to this file")
+    p.set_defaults(fn=run)
+
+
+def _positive(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return n
+
+
+def run(args) -> int:
+    from fgc.learning.verify import verify_plan
+    from fgc.plan.program import load
+    from fgc.training.train import with_estimator
+
+    if not 0 < args.alpha < 1:
+        raise VerifyError(f"--alpha must be between 0 and 1, got {args.alpha}")
+    prog = load(args.spec)
+    reports = []
+    for name in algorithms_to_check(prog, args.algorithm):
+        plan = prog.plan(name)
+        forward = any(plan.estimator_of(g).kind == "forward" for g in set(plan.assignment.values()))
+        if forward and (args.tangents or args.credit):
+            plan = with_estimator(plan, tangents=args.tangents, credit=args.credit)
+        print(f"fgc verify: {args.spec} · {name} …", file=sys.stderr, flush=True)
+        r = verify_plan(plan, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
+                        alpha=args.alpha)
+        print(r.format())
+        reports.append(r)
+    if args.json:
+        try:
+            Path(args.json).write_text(json.dumps([r.as_dict() for r in reports], indent=2) + "\n")
+        except OSError as e:
+            raise VerifyError(f"cannot write {args.json}: {e.strerror}") from None
+    bad = [f"{r.algorithm}: {', '.join(r.biased)}" for r in reports if not r.ok]
+    if bad:
+        print("fgc verify: biased updates — " + "; ".join(bad), file=sys.stderr)
+        return 1
+    return 0
