@@ -247,6 +247,12 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
     for k in unknown:
         d.add("E203", f"optax.{c.name} has no argument `{k}`", span,
               suggest(k, params) or f"arguments: {', '.join(params)}")
+    for k, v in c.kwargs:
+        default = params[k].default if k in params else None
+        if isinstance(v, str) and (k == "learning_rate" or isinstance(default, (int, float))
+                                   and not isinstance(default, bool)):
+            d.add("E206", f"`{k}` of {c.name} must be a number, and `{v}` is no constant", span,
+                  f"write a number, or define it with `const {v} = ...`")
     if "learning_rate" in params and "learning_rate" not in c.as_dict() and not unknown:
         d.add("E204", f"optax.{c.name} needs learning_rate", span,
               f"e.g. {c.name}(learning_rate = 0.01)")

@@ -16,6 +16,7 @@ from pathlib import Path
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 from fgc.graph.check import build_and_check
+from fgc.front.consts import constants, resolve_section
 from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
                         group_from, presets, train_from)
 from fgc.errors import Diagnostic, SpecError, plural
@@ -35,6 +36,7 @@ class Plan:
     assignment: dict[str, str]  # node id -> group name (nodes with parameters)
     train: TrainConfig
     credit: dict[str, CreditMap] = field(default_factory=dict)  # credit rule -> map
+    warnings: tuple[Diagnostic, ...] = ()  # W601-W603: what plans but cannot work as written
 
     def credit_map(self, rule: str = "exact") -> CreditMap:
         """The planned credit map under ``rule`` (:data:`fgc.plan.credit.RULES`)."""
@@ -107,8 +109,69 @@ class Program:
         if d:
             raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
-        return Plan(g, algo, groups, assignment, self.train,
+        plan = Plan(g, algo, groups, assignment, self.train,
                     {rule: credit_map(g, rule) for rule in CREDIT_RULES})
+        return replace(plan, warnings=tuple(plan_warnings(plan, name, net_span, self.groups)))
+
+
+def learns(plan: Plan, nid: str) -> bool:
+    """Whether a parameter node's update can be non-zero under the plan: its output
+    reaches a loss (exact and weight rules), or, under activity perturbation, one of
+    the sites whose estimate it learns from reaches a loss."""
+    d = plan.graph.node(nid)
+    if d.role == "head":
+        return True
+    est = plan.estimator_of(plan.assignment[nid])
+    cmap = plan.credit_map(est.credit if est.kind == "forward" else "exact")
+    if est.kind == "forward" and est.perturb == "activity":
+        return any(cmap.sites[s] for s, owners in cmap.owners.items() if nid in owners)
+    return bool(cmap.weights.get(nid))
+
+
+def plan_warnings(plan: Plan, name: str, net_span, user_groups) -> list[Diagnostic]:
+    """W601 dead sites, W602 parameters that can never change, W603 ignored settings."""
+    g, out = plan.graph, []
+    activity = any(plan.estimator_of(gr).perturb == "activity"
+                   for gr in set(plan.assignment.values()))
+    if activity:
+        for site in plan.credit_map().dead_sites:
+            out.append(Diagnostic(
+                "W601", f"perturbation site `{site}` reaches no loss under `{name}` (its path "
+                "is cut), so its noise is wasted and the layers before it do not learn from it",
+                g.node(site).span, "move the site before the stop-gradient, or attach a loss "
+                "after it; `fgc check --credit` shows every site's credit", "warning"))
+    frozen: dict[str, list[str]] = {}
+    for n, gr in plan.assignment.items():
+        if not learns(plan, n):
+            frozen.setdefault(gr, []).append(n)
+    for gr, nodes in frozen.items():
+        total = sum(1 for v in plan.assignment.values() if v == gr)
+        span = plan.groups[gr].span or g.node(nodes[0]).span or net_span
+        out.append(Diagnostic(
+            "W602", f"{plural(len(nodes), 'parameter node')} of group `{gr}` "
+            f"({'all' if len(nodes) == total else f'of {total}'}) can never change under "
+            f"`{name}`: no loss reaches {'it' if len(nodes) == 1 else 'them'} "
+            f"(`{nodes[0]}`{', ...' if len(nodes) > 1 else ''})", span,
+            "a greedy algorithm with a global target trains only the last block: use a local "
+            "target" if plan.algorithm.greedy and plan.algorithm.target == "global" else
+            "a `stopgrad` or a readout edge cuts them off every loss: move it, or add a local loss",
+            "warning"))
+    algo_est = plan.algorithm.estimator
+    if algo_est.kind == "forward" and not any(
+            plan.groups[gr].estimator is None and plan.graph.node(n).role == "op"
+            for n, gr in plan.assignment.items()):
+        out.append(Diagnostic(
+            "W603", f"the estimator of `{name}` is ignored: every backbone group sets its own",
+            net_span, "drop the group estimators, or pick an algorithm with that estimator",
+            "warning"))
+    for grp in user_groups:
+        if grp.weight_decay and not any(
+                "weight" in g.node(n).params for n, gr in plan.assignment.items() if gr == grp.name):
+            out.append(Diagnostic(
+                "W603", f"group `{grp.name}` sets weight_decay, but it has no weights "
+                "(decay applies to weights only, not to biases or norm parameters)", grp.span,
+                "drop the setting", "warning"))
+    return out
 
 
 def _owns_backbone(g: Graph, assignment: dict, group: str) -> bool:
@@ -305,6 +368,9 @@ def _assign_groups(g: Graph, user: list[ParamGroup], d: Diags):
 def _program(spec: S.SpecFile) -> Program:
     d = Diags()
     graph = build_and_check(spec, d)
+    env = constants(spec)
+    spec = replace(spec, items=tuple(resolve_section(it, env, d) if isinstance(it, S.Section)
+                                     else it for it in spec.items))
     algos = dict(presets())
     seen: dict[tuple[str, str], S.Section] = {}  # (kind, name) -> the section that counts
     for sec in spec.of(S.Section):

@@ -22,7 +22,8 @@ def _cmd_check(args) -> int:
         try:
             prog = load(path)
             if prog.train.algorithm:  # the algorithm the spec asks for must apply (E504-E507)
-                prog.plan()
+                for w in prog.plan().warnings:
+                    print(w.render(prog.spec.source), file=sys.stderr)
         except FgError as e:
             print(e, file=sys.stderr)
             status = 1

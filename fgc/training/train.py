@@ -227,10 +227,19 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
         raise DataError(f"the training set has {len(data.x_train)} examples, fewer than one "
                         f"batch of {cfg.batch_size}; lower --batch-size")
     key = jax.random.key(cfg.seed)
-    net = lower(plan, jax.random.fold_in(key, 0), stats=(data.mean, data.std))
+    net = lower(plan, jax.random.fold_in(key, 0), stats=input_stats(prog, data))
     rule = UpdateRule.build(plan, net)
     tx, schedules = make_optimizer(plan, cfg, steps)
     return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
+
+
+def input_stats(prog: Program, data: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """How the network normalises its inputs: with the statistics of the data it trains
+    on, unless the spec says ``normalize = none`` (then only uint8 is scaled to [0, 1])."""
+    if prog.graph.meta.get("normalize") == "none":
+        c = len(data.mean)
+        return (0.0,) * c, (1.0,) * c
+    return data.mean, data.std
 
 
 def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None) -> Plan:
@@ -345,6 +354,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         f"of {cfg.batch_size}")
     for line in run.rule.describe():
         log(f"  {line}")
+    for w in run.plan.warnings:
+        log(w.render(run.program.spec.source))
 
     final_id = next((l.id for l in run.net.loss_heads if l.final), None)
     history = _read_metrics(metrics_path)
