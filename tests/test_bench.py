@@ -19,39 +19,12 @@ import fgc
 from fgc.tools.bench import (BenchError, add_arguments, bench_spec, compare_replicated,
                        replicated_configs, supported_algorithms)
 from fgc.lowering.lower import lower
+from specs import local_mixer
 
-TINY = """
-spec "tiny bench"
-input x = image(8, 8, 1), classes = 4
-
-block stem(width, groups) {
-  h = in | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
-}
-
-block mixer(width, groups) {
-  t = in | token_mix | layernorm | perturb | relu
-  h = t | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
-        | add(in) | relu
-}
-
-head local_head(groups) = layernorm(groups = groups) | mean(patches) | linear(classes)
-head readout = mean(patches) | layernorm | linear(classes, init = zeros)
-
-network {
-  out x | patchify(2) | stem(8, 2) | mixer(8, 2)
-}
-
-loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2
-loss final = readout on output
-"""
+TINY = local_mixer("tiny bench")
 
 # The same network with only the final loss: no replicated loss, no local algorithms.
-FINAL_ONLY = TINY.replace(
-    "loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2\n", "") \
-    .replace("head local_head(groups) = layernorm(groups = groups) | mean(patches) | "
-             "linear(classes)\n", "")
+FINAL_ONLY = local_mixer("tiny bench", local=False)
 
 # Two algorithms keep the test fast: XLA:CPU takes seconds per train step to compile, two
 # to three times longer for forward-gradient steps; every algorithm goes the same path.

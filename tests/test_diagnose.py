@@ -17,31 +17,9 @@ import pytest
 
 from fgc.tools.diagnose import DiagnoseError, add_arguments, diagnose, format_table
 from fgc.errors import SpecError
+from specs import lean_mixer
 
-SPEC = """
-spec "tiny diagnose"
-input x = image(8, 8, 1), classes = 4
-
-block stem(width) {
-  out in | dense(width) | layernorm | perturb | relu
-}
-
-block mixer(width, groups) {
-  t = in | token_mix | layernorm | perturb | relu
-  out t | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
-        | add(in) | relu
-}
-
-head local_head = mean(patches) | linear(classes)
-head readout = mean(patches) | layernorm | linear(classes, init = zeros)
-
-network {
-  out x | patchify(2) | stem(8) | mixer(8, 2)
-}
-
-loss local = local_head on blocks, replicate = [patches]
-loss final = readout on output
-"""
+SPEC = lean_mixer("tiny diagnose")
 
 TANGENTS = (1, 16)
 
@@ -232,7 +210,7 @@ def test_every_spec_in_the_corpus_has_both_estimators(path):
     """Every corpus spec can be diagnosed with weight and activity perturbation side by side
     (the measurement itself is exercised on the miniature spec above)."""
     import fgc
-    from fgc.tools.diagnose import _variant_plans
+    from fgc.tools.diagnose.setup import _variant_plans
     prog = fgc.load(path)
     for name in ("fg-a", "lg-fg-w"):
         plans, missing = _variant_plans(prog, prog.plan(name), name)

@@ -18,39 +18,14 @@ from fgc.lowering.lower import DATASET_STATS, Network, count_params, lower, para
 from fgc.lowering.modules import LAYERS, init_std, make_layer
 from fgc.graph.ops import OPS
 from fgc.lowering.replicated import xent
+from specs import REPLICATE, local_mixer
 
 SPECS = sorted(Path(__file__).resolve().parent.parent.glob("specs/*.fg"))
 
 # A LocalMixer in miniature: 8×8 images cut into 2×2 patches of 16 pixels, 8 channels in 2 groups,
 # a stem block and one mixer block with token mixing and a residual, local losses replicated over
 # patches and groups, a zero-initialised readout.
-TINY = """
-spec "tiny mixer"
-input x = image(8, 8, 1), classes = 3, normalize = mnist
-
-block stem(width, groups) {
-  h = in | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
-}
-
-block mixer(width, groups) {
-  t = in | token_mix | layernorm | perturb | relu
-  h = t | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
-        | add(in) | relu
-}
-
-head local_head(groups) = layernorm(groups = groups) | mean(patches) | linear(classes)
-head readout = mean(patches) | layernorm | linear(classes, init = zeros)
-
-network {
-  out x | patchify(2) | stem(8, 2) | mixer(8, 2)
-}
-
-loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2
-loss final = readout on output
-"""
-REPLICATE = "replicate = [patches, groups]"
+TINY = local_mixer("tiny mixer", classes=3, normalize="mnist")
 
 B, P, C, G, K = 5, 4, 8, 2, 3
 STEM_DENSE, STEM_GL = "stem.1/dense.0", "stem.1/group_linear.4"
