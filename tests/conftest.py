@@ -12,6 +12,9 @@ jax.config.update("jax_compilation_cache_dir",
                                  os.path.join(tempfile.gettempdir(), "fgc-test-jax-cache")))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+# Strict: an implicit rank promotion (a [B] array broadcast against [B, C] by accident) is an
+# error, not a silently wrong broadcast; warnings are errors too (pyproject's filterwarnings).
+jax.config.update("jax_numpy_rank_promotion", "raise")
 
 
 

@@ -13,35 +13,11 @@ import pytest
 import fgc
 from fgc.learning.estimators import UpdateRule, objective
 from fgc.lowering.lower import lower
+from specs import local_mixer
 
 # A LocalMixer small enough to average many thousand estimates: 4×4 images cut into
 # 2×2 patches, 8 channels in 2 groups of 4, a stem and one mixer block.
-SPEC = """
-spec "unbiasedness"
-input x = image(4, 4, 1), classes = 3
-
-block stem(width, groups) {
-  h = in | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
-}
-
-block mixer(width, groups) {
-  t = in | token_mix | layernorm | perturb | relu
-  h = t | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
-        | add(in) | relu
-}
-
-head local_head(groups) = layernorm(groups = groups) | mean(patches) | linear(classes)
-head readout = mean(patches) | layernorm | linear(classes)
-
-network {
-  out x | patchify(2) | stem(8, 2) | mixer(8, 2)
-}
-
-loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2
-loss final = readout on output
-"""
+SPEC = local_mixer("unbiasedness", image=4, classes=3, zero_readout=False)
 
 EXACT = {"fg-w": "bp", "fg-a": "bp", "lg-fg-w": "lg-bp", "lg-fg-a": "lg-bp"}
 N_ESTIMATES = 40_000  # compiling dominates: one estimate costs about 40 µs here

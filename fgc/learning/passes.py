@@ -246,7 +246,7 @@ class ActivityPerturbation(PassRule):
                     for cr in s.credits)  # [K, B|1, *unit-broadcast]
             g = c * z[s.site] / batch
             if s.site in masks:
-                g = g * masks[s.site]
+                g = g * masks[s.site][None]  # the mask is shared by the K tangents
             cot[s.site] = aggregate(est.aggregate, g)
         (grads,) = pull((jnp.ones_like(j), cot))
         return PassResult(grads, losses, state)

@@ -111,6 +111,12 @@ def _bias(attrs: dict, shape: Shape, dtype) -> Array | None:
     return jnp.zeros(shape, dtype) if attrs.get("bias", True) else None
 
 
+def _lead(v: Array, like: Array) -> Array:
+    """``v`` with leading unit axes up to ``like``'s rank: explicit broadcasting, so
+    code stays correct under ``jax_numpy_rank_promotion = "raise"``."""
+    return v.reshape((1,) * (like.ndim - v.ndim) + v.shape)
+
+
 class AbstractLayer(eqx.Module):
     """One op, batched. Concrete layers are final; each builds itself from op attributes."""
 
@@ -147,7 +153,7 @@ class Dense(AbstractLayer):
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         y = x @ self.weight
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + _lead(self.bias, y)
 
 
 @register("group_linear")
@@ -173,7 +179,7 @@ class GroupLinear(AbstractLayer):
         xg = x.reshape(*x.shape[:-1], g, g_in)
         y = jnp.einsum("...gi,gio->...go", xg, self.weight)
         if self.bias is not None:
-            y = y + self.bias
+            y = y + _lead(self.bias, y)
         return y.reshape(*x.shape[:-1], g * g_out)
 
 
@@ -193,7 +199,7 @@ class TokenMix(AbstractLayer):
 
     def __call__(self, x: Float[Array, "batch patches channels"]) -> Float[Array, "batch patches channels"]:
         y = jnp.einsum("nqc,qp->npc", x, self.weight)
-        return y if self.bias is None else y + self.bias[:, None]
+        return y if self.bias is None else y + _lead(self.bias[:, None], y)
 
 
 @register("conv")
@@ -221,7 +227,7 @@ class Conv(AbstractLayer):
         y = jax.lax.conv_general_dilated(
             x.astype(dtype), self.weight.astype(dtype), (self.stride, self.stride), self.padding.upper(),
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
-        return y if self.bias is None else y + self.bias
+        return y if self.bias is None else y + _lead(self.bias, y)
 
 
 # --- normalisation -----------------------------------------------------------------------
@@ -249,7 +255,7 @@ class _AbstractNorm(AbstractLayer):
 
     def _apply_affine(self, y: Array) -> Array:
         if self.scale is not None:
-            y = y * self.scale + self.shift
+            y = y * _lead(self.scale, y) + _lead(self.shift, y)
         return y
 
 
@@ -359,7 +365,7 @@ class BatchNorm(_AbstractNorm, StatefulLayer):
                  ) -> Float[Array, "batch *pos c"]:
         if train:
             return self._apply_affine(_standardize(x, tuple(range(x.ndim - 1)), self.eps))
-        mean, var = jax.lax.stop_gradient((self.stats.mean, self.stats.var))
+        mean, var = (_lead(v, x) for v in jax.lax.stop_gradient((self.stats.mean, self.stats.var)))
         return self._apply_affine((x - mean) * jax.lax.rsqrt(var + self.eps))
 
     def next_state(self, x: Array) -> BatchStats:

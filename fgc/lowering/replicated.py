@@ -58,7 +58,7 @@ def xent(logits: jax.Array, labels: jax.Array) -> jax.Array:
 
 def _head_logits(h: jax.Array, w: jax.Array, b: jax.Array) -> jax.Array:
     """Mean over patches, then the linear head: ``[B, P, C] -> [B, K]``."""
-    return jnp.mean(h, axis=1) @ w + b
+    return jnp.mean(h, axis=1) @ w + b[None]
 
 
 def _check(h: jax.Array, w: jax.Array, b: jax.Array, labels: jax.Array, groups: int):
@@ -102,7 +102,7 @@ def _fused_jvp(groups, primals, tangents):
     # Residuals: functions of the primals only, so JAX keeps them out of the
     # linear (transposed) part of the computation.
     hbar = jnp.mean(h, axis=1)                                   # [B, C]
-    logits = hbar @ w + b                                        # [B, K]
+    logits = hbar @ w + b[None]                                  # [B, K]
     loss = xent(logits, labels)
     r = jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, k, dtype=logits.dtype)
     gl = (r @ w.T) / p                                           # [B, C] = dL/dh[n, p, :]
@@ -123,7 +123,7 @@ def _fused_jvp(groups, primals, tangents):
 
     # Head-parameter term: W and b are not masked, so every replica of example
     # n receives the whole d logits . r.
-    dlogits = hbar @ dw + db                                     # [B, K]
+    dlogits = hbar @ dw + db[None]                               # [B, K]
     dh_par = jnp.sum(dlogits * r, axis=-1)                       # [B]
 
     out = jnp.broadcast_to(loss[:, None, None], (bsz, p, groups))

@@ -453,7 +453,9 @@ def normalize(x, mean: tuple[float, ...], std: tuple[float, ...]):
       A float32 array of the same kind and shape as ``x``.
     """
     scaled = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    return (scaled - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    per_channel = (1,) * (x.ndim - 1) + (-1,)  # explicit: no implicit rank promotion
+    return ((scaled - np.asarray(mean, np.float32).reshape(per_channel))
+            / np.asarray(std, np.float32).reshape(per_channel))
 
 
 def num_batches(n: int, batch_size: int, drop_last: bool) -> int:

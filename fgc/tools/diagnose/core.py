@@ -8,12 +8,14 @@ from __future__ import annotations
 def trainable(net):
     """The network's trainable arrays (the gradient pytree's structure)."""
     import equinox as eqx
-    return eqx.filter(net, eqx.is_array)
+    from fgc.lowering.modules import trainable as spec
+    return eqx.filter(net, spec(net))
 
 
 def _partition(net):
     import equinox as eqx
-    return eqx.partition(net, eqx.is_array)
+    from fgc.lowering.modules import trainable as spec
+    return eqx.partition(net, spec(net))
 
 
 def _objective(params, static, x, y):
