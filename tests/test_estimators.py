@@ -109,7 +109,7 @@ def test_heads_get_the_exact_gradient_of_their_single_loss(program):
     h = net.values(x)["loss:local@mixer.1/layernorm.0"]
 
     def single(w, b):
-        logits = h.mean(axis=1) @ w + b
+        logits = h.mean(axis=1) @ w + b[None]
         return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), y[:, None], 1))
 
     gw, gb = jax.grad(single, argnums=(0, 1))(layer.weight, layer.bias)

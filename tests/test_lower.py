@@ -90,15 +90,19 @@ def reference(p, x, y, *, target, greedy):
     patches = jnp.stack([x[:, 4 * i:4 * i + 4, 4 * j:4 * j + 4, :].reshape(B, -1)
                          for i in range(2) for j in range(2)], axis=1)        # [B, 4, 16]
 
+    def lead(b, h):  # explicit broadcasting (the suite raises on implicit rank promotion)
+        return b.reshape((1,) * (h.ndim - 1) + (-1,))
+
     def dense(name, h):
-        return h @ p[name]["weight"] + p[name]["bias"]
+        return h @ p[name]["weight"] + lead(p[name]["bias"], h)
 
     def group_linear(name, h):
         w = block_diag(*p[name]["weight"])                                    # [C, C]
-        return h @ w + p[name]["bias"].reshape(-1)
+        return h @ w + lead(p[name]["bias"].reshape(-1), h)
 
     def token_mix(name, h):
-        return jnp.swapaxes(jnp.swapaxes(h, 1, 2) @ p[name]["weight"] + p[name]["bias"], 1, 2)
+        ht = jnp.swapaxes(h, 1, 2) @ p[name]["weight"]
+        return jnp.swapaxes(ht + lead(p[name]["bias"], ht), 1, 2)
 
     # Block 0: dense, LN, ReLU, group-linear, group-LN, ReLU.
     h = relu(ln(dense(STEM_DENSE, patches)))
@@ -375,7 +379,8 @@ def test_layers_against_direct_formulas():
     img = jax.random.normal(key, (2, 6, 6, 4))
     conv1 = make_layer("conv", {"out": 3, "kernel": 1, "stride": 1, "padding": "same",
                                 "bias": True, "init": "default"}, [(6, 6, 4)], key=key)
-    np.testing.assert_allclose(conv1(img), img @ conv1.weight[0, 0] + conv1.bias, rtol=1e-10)
+    np.testing.assert_allclose(conv1(img), img @ conv1.weight[0, 0] + conv1.bias[None, None, None],
+                               rtol=1e-10)
     conv = make_layer("conv", {"out": 3, "kernel": 3, "stride": 2, "padding": "same",
                                "bias": False, "init": "default"}, [(6, 6, 4)], key=key)
     assert conv(img).shape == (2, 3, 3, 3)

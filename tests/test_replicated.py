@@ -53,7 +53,7 @@ def closure(fn, labels, groups):
 def test_primal(shape):
     (h, w, b), labels, g, _, _ = make(shape)
     bsz, p = shape[:2]
-    ce = xent(jnp.mean(h, axis=1) @ w + b, labels)
+    ce = xent(jnp.mean(h, axis=1) @ w + b[None], labels)
     fused = replicated_xent(h, w, b, labels, g)
     naive = naive_replicated_xent(h, w, b, labels, g)
     assert fused.shape == naive.shape == (bsz, p, g)
@@ -164,7 +164,7 @@ def test_each_replica_gets_its_share_of_the_single_loss_gradient(shape):
     (h, w, b), labels, g, _, _ = make(shape, seed=4)
     out, vjp = jax.vjp(lambda h: replicated_xent(h, w, b, labels, g), h)
     (gh,) = vjp(jnp.ones_like(out))
-    single = jax.grad(lambda h: jnp.sum(xent(jnp.mean(h, axis=1) @ w + b, labels)))(h)
+    single = jax.grad(lambda h: jnp.sum(xent(jnp.mean(h, axis=1) @ w + b[None], labels)))(h)
     np.testing.assert_allclose(gh, single, rtol=1e-10, atol=1e-12)
     # The same through jax.grad of the summed replicated output.
     gsum = jax.grad(lambda h: jnp.sum(replicated_xent(h, w, b, labels, g)))(h)
@@ -176,7 +176,7 @@ def test_grad_wrt_params_is_replica_count_times_single():
     shape = (3, 4, 8, 2, 5)
     (h, w, b), labels, g, _, _ = make(shape, seed=5)
     gw, gb = jax.grad(lambda w, b: jnp.sum(replicated_xent(h, w, b, labels, g)), (0, 1))(w, b)
-    sw, sb = jax.grad(lambda w, b: jnp.sum(xent(jnp.mean(h, axis=1) @ w + b, labels)), (0, 1))(w, b)
+    sw, sb = jax.grad(lambda w, b: jnp.sum(xent(jnp.mean(h, axis=1) @ w + b[None], labels)), (0, 1))(w, b)
     np.testing.assert_allclose(gw, 8 * sw, rtol=1e-10)
     np.testing.assert_allclose(gb, 8 * sb, rtol=1e-10)
 

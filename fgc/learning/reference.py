@@ -88,7 +88,7 @@ def naive_objective(net, x, labels):
 
                 def only(v, mask=mask):
                     sg = jax.lax.stop_gradient(v)
-                    return sg + mask * (v - sg)
+                    return sg + mask[None] * (v - sg)
 
                 vals = _values(net, x, replace={h_id: only})
                 total = total + _loss_of(net, head, vals, labels).mean()

@@ -1,4 +1,6 @@
-"""How each op runs: one small Equinox module per op kind, registered by kind.
+"""How each op runs: one small Equinox module per op kind, registered by kind
+(the layers with parameters, and model state, here; parameterless ones in
+:mod:`fgc.lowering.simple`).
 
 :mod:`fgc.graph.ops` says *what* an op is (arguments, shapes, parameters, locality);
 this module says *how* it runs. :func:`make_layer` dispatches on the op kind
@@ -41,9 +43,8 @@ from fgc.errors import LoweringError
 Shape = tuple[int, ...]
 
 __all__ = [
-    "AbstractLayer", "Activation", "Add", "AvgPool", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Flatten",
-    "GlobalAvgPool", "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "MaxPool", "MeanPatches",
-    "Patchify", "Perturb", "StatefulLayer", "StopGrad", "TokenMix", "init_std", "is_buffer",
+    "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense",
+    "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "StatefulLayer", "TokenMix", "init_std", "is_buffer",
     "make_layer", "register", "trainable",
 ]
 
@@ -86,6 +87,7 @@ def make_layer(kind: str, attrs: dict, in_shapes: list[Shape], *, key: PRNGKeyAr
     Raises:
       LoweringError: no layer is registered for ``kind``.
     """
+    from fgc.lowering import simple  # noqa: F401  (registers the parameterless layers)
     cls = LAYERS.get(kind)
     if cls is None:
         raise LoweringError(
@@ -129,6 +131,45 @@ class AbstractLayer(eqx.Module):
     @abc.abstractmethod
     def __call__(self, *xs: Array) -> Array:
         """Applies the op to batched operands."""
+
+
+# --- model state ----------------------------------------------------------------------------
+
+class Buffer(eqx.Module):
+    """Marks non-trainable arrays a layer keeps (model state): never perturbed,
+    decayed or updated by optax; the train step replaces them with what the
+    forward pass computed. Filter trainable arrays with :func:`trainable`."""
+
+
+class BatchStats(Buffer):
+    """Running per-channel mean and variance of a batch norm."""
+
+    mean: Float[Array, " channels"]
+    var: Float[Array, " channels"]
+
+
+def is_buffer(x) -> bool:
+    return isinstance(x, Buffer)
+
+
+def trainable(tree) -> "PyTree[bool]":
+    """Filter spec: True for trainable arrays, False for arrays inside a :class:`Buffer`
+    (for ``eqx.filter`` / ``eqx.partition``)."""
+    return jax.tree_util.tree_map(lambda x: False if is_buffer(x) else eqx.is_array(x), tree,
+                                  is_leaf=is_buffer)
+
+
+class StatefulLayer(AbstractLayer):
+    """A layer whose training forward also yields new buffers (``next_state``) and
+    whose evaluation forward reads them (``train=False``)."""
+
+    @abc.abstractmethod
+    def __call__(self, *xs: Array, train: bool = True) -> Array:
+        """Applies the op; ``train=False`` reads the buffers instead of the batch."""
+
+    @abc.abstractmethod
+    def next_state(self, *xs: Array) -> Buffer:
+        """The buffers after a training step on ``xs`` (no gradient flows into them)."""
 
 
 # --- linear layers -----------------------------------------------------------------------
@@ -301,43 +342,6 @@ class GroupNorm(_AbstractNorm):
         return self._apply_affine(_standardize(xg, axes, self.eps).reshape(x.shape))
 
 
-class Buffer(eqx.Module):
-    """Marks non-trainable arrays a layer keeps (model state): never perturbed,
-    decayed or updated by optax; the train step replaces them with what the
-    forward pass computed. Filter trainable arrays with :func:`trainable`."""
-
-
-class BatchStats(Buffer):
-    """Running per-channel mean and variance of a batch norm."""
-
-    mean: Float[Array, " channels"]
-    var: Float[Array, " channels"]
-
-
-def is_buffer(x) -> bool:
-    return isinstance(x, Buffer)
-
-
-def trainable(tree) -> "PyTree[bool]":
-    """Filter spec: True for trainable arrays, False for arrays inside a :class:`Buffer`
-    (for ``eqx.filter`` / ``eqx.partition``)."""
-    return jax.tree_util.tree_map(lambda x: False if is_buffer(x) else eqx.is_array(x), tree,
-                                  is_leaf=is_buffer)
-
-
-class StatefulLayer(AbstractLayer):
-    """A layer whose training forward also yields new buffers (``next_state``) and
-    whose evaluation forward reads them (``train=False``)."""
-
-    @abc.abstractmethod
-    def __call__(self, *xs: Array, train: bool = True) -> Array:
-        """Applies the op; ``train=False`` reads the buffers instead of the batch."""
-
-    @abc.abstractmethod
-    def next_state(self, *xs: Array) -> Buffer:
-        """The buffers after a training step on ``xs`` (no gradient flows into them)."""
-
-
 @register("batchnorm")
 class BatchNorm(_AbstractNorm, StatefulLayer):
     """Normalises each channel over the batch and all positions.
@@ -377,174 +381,3 @@ class BatchNorm(_AbstractNorm, StatefulLayer):
         m = self.momentum
         return BatchStats((1 - m) * self.stats.mean + m * mean, (1 - m) * self.stats.var + m * var)
 
-
-# --- pooling and shape ----------------------------------------------------------------------
-
-class _AbstractPool(AbstractLayer):
-    size: eqx.AbstractVar[int]
-    stride: eqx.AbstractVar[int]
-    padding: eqx.AbstractVar[str]
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls(attrs["size"], attrs["stride"] or attrs["size"], attrs["padding"])
-
-    def _window(self, x: Array, init, op) -> Array:
-        return jax.lax.reduce_window(x, init, op, (1, self.size, self.size, 1),
-                                     (1, self.stride, self.stride, 1), self.padding.upper())
-
-
-@register("maxpool")
-class MaxPool(_AbstractPool):
-    """Max over ``size``×``size`` windows of an NHWC image."""
-
-    size: int = eqx.field(static=True)
-    stride: int = eqx.field(static=True)
-    padding: str = eqx.field(static=True)
-
-    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch oh ow c"]:
-        return self._window(x, jnp.array(-jnp.inf, x.dtype), jax.lax.max)
-
-
-@register("avgpool")
-class AvgPool(_AbstractPool):
-    """Mean over ``size``×``size`` windows; with ``same`` padding, of the in-image entries only."""
-
-    size: int = eqx.field(static=True)
-    stride: int = eqx.field(static=True)
-    padding: str = eqx.field(static=True)
-
-    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch oh ow c"]:
-        zero = jnp.array(0, x.dtype)
-        total = self._window(x, zero, jax.lax.add)
-        if self.padding == "valid":
-            return total / (self.size * self.size)
-        count = self._window(jnp.ones((1, *x.shape[1:3], 1), x.dtype), zero, jax.lax.add)
-        return total / count
-
-
-@register("global_avgpool")
-class GlobalAvgPool(AbstractLayer):
-    """Mean over the positions of an image: ``[B, H, W, C] → [B, C]``."""
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch c"]:
-        return jnp.mean(x, axis=(1, 2))
-
-
-@register("mean")
-class MeanPatches(AbstractLayer):
-    """Mean over patches (or image positions): ``[B, P, D] → [B, D]``."""
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Float[Array, "batch *pos d"]) -> Float[Array, "batch d"]:
-        return jnp.mean(x, axis=tuple(range(1, x.ndim - 1)))
-
-
-@register("flatten")
-class Flatten(AbstractLayer):
-    """Everything but the batch axis into one axis (row-major)."""
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Float[Array, "batch *rest"]) -> Float[Array, "batch d"]:
-        return x.reshape(x.shape[0], -1)
-
-
-@register("patchify")
-class Patchify(AbstractLayer):
-    """Cuts ``[B, H, W, C]`` into a ``per_side``×``per_side`` grid of patches,
-    row-major, each flattened as (row, column, channel): ``[B, P, h·w·C]``."""
-
-    per_side: int = eqx.field(static=True)
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls(attrs["per_side"])
-
-    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch patches d"]:
-        b, h, w, c = x.shape
-        n = self.per_side
-        x = x.reshape(b, n, h // n, n, w // n, c).transpose(0, 1, 3, 2, 4, 5)
-        return x.reshape(b, n * n, (h // n) * (w // n) * c)
-
-
-# --- elementwise, merge, sites, gradient control ----------------------------------------------
-
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": jax.nn.relu,
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),  # exact erf form, as torch's default
-    "tanh": jnp.tanh,
-    "identity": lambda x: x,
-}
-
-
-@register(*_ACTIVATIONS)
-class Activation(AbstractLayer):
-    """An elementwise nonlinearity, chosen by op kind."""
-
-    kind: str = eqx.field(static=True)
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls(kind)
-
-    def __check_init__(self):
-        if self.kind not in _ACTIVATIONS:
-            raise ValueError(f"unknown activation `{self.kind}`")
-
-    def __call__(self, x: Array) -> Array:
-        return _ACTIVATIONS[self.kind](x)
-
-
-@register("add")
-class Add(AbstractLayer):
-    """Residual add of two operands of the same shape."""
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Array, y: Array) -> Array:
-        return x + y
-
-
-@register("perturb")
-class Perturb(AbstractLayer):
-    """A perturbation site: ``x + noise`` when noise is given, else ``x``.
-
-    Differentiating with respect to ``noise`` at zero is how activity-perturbation
-    tangents enter the network.
-    """
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Array, noise: Array | None = None) -> Array:
-        if noise is None:
-            return x
-        if noise.shape != x.shape:
-            raise ValueError(f"noise of shape {noise.shape} cannot perturb an activation of "
-                             f"shape {x.shape}")
-        return x + noise
-
-
-@register("stopgrad")
-class StopGrad(AbstractLayer):
-    """Identity whose output carries no gradient and no forward-mode tangent."""
-
-    @classmethod
-    def build(cls, kind, attrs, in_shapes, *, key, dtype):
-        return cls()
-
-    def __call__(self, x: Array) -> Array:
-        return jax.lax.stop_gradient(x)

@@ -191,7 +191,7 @@ def naive_replicated_xent(
     hs = jax.lax.stop_gradient(h)
 
     def one(mask):
-        return xent(_head_logits(hs + mask * (h - hs), w, b), labels)  # [B]
+        return xent(_head_logits(hs + mask[None] * (h - hs), w, b), labels)  # [B]
 
     per_mask = jax.vmap(one)(_masks(p, c, groups, h.dtype))         # [P * G, B]
     return per_mask.T.reshape(bsz, p, groups)
