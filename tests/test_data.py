@@ -269,7 +269,8 @@ def test_cifar_zip_decode_and_cache(tmp_path, monkeypatch, prefix):
     caches = list((tmp_path / "cache").glob("cifar10-*.npz"))
     assert len(caches) == 1 and sorted(p.name for p in data_dir.iterdir()) == ["cifar10-jpeg.zip"]
     # The second load must come from the cache, not the zip.
-    monkeypatch.setattr("fgc.training.data.decode_cifar_zip", lambda path: pytest.fail("decoded again"))
+    monkeypatch.setattr("fgc.training.cifar_zip.decode_cifar_zip",
+                        lambda path: pytest.fail("decoded again"))
     np.testing.assert_array_equal(load_dataset("cifar10", data_dir=data_dir).x_train, ds.x_train)
 
 
