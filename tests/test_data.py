@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -235,6 +236,27 @@ def test_missing_builtin_lists_every_place_looked(tmp_path, monkeypatch):
     assert str(env_dir / "mnist.npz") in msg and "no such file" in msg
     assert "tensorflow-datasets: not importable" in msg
     assert "--data-dir" in msg and "FGC_DATA_DIR" in msg and "install tensorflow-datasets" in msg
+
+
+def test_tfds_folder_without_tfds_is_listed_not_fatal(tmp_path, monkeypatch):
+    (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
+    (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", data_dir=tmp_path / "tfds")
+    msg = str(e.value)
+    assert f"{tmp_path / 'tfds' / 'mnist'} is a tensorflow-datasets copy, but " in msg
+    assert "tensorflow-datasets is not importable" in msg and "./data" in msg
+
+
+def test_importing_fgc_does_not_import_tensorflow():
+    code = ("import sys, fgc, fgc.training.data, fgc.training.train, fgc.tools.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', "
+            "'tensorflow_datasets'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
 
 
 def test_mnist_from_env_dir_validates_shape(tmp_path, monkeypatch):

@@ -144,8 +144,9 @@ def _load_builtin(name: str, data_dir: str | os.PathLike | None) -> Dataset:
                     f"prepare it again with tfds.load({name!r}, data_dir={str(root)!r}) "
                     f"or remove it"
                 ) from None
-        why = "no such file" if root.is_dir() else "folder does not exist"
-        tried.append(f"{label}: {path} ({why}; nor a tensorflow-datasets {name}/ folder)")
+        why = (f"no such file, nor a tensorflow-datasets {name}/ folder" if root.is_dir()
+               else "folder does not exist")
+        tried.append(f"{label}: {path} ({why})")
     try:
         return _builtin_dataset(name, tfds_source.load_arrays(name), "tfds")
     except tfds_source.TfdsUnavailable as e:

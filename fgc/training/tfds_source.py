@@ -90,8 +90,13 @@ def load_arrays(name: str, data_dir: str | os.PathLike | None = None) -> dict[st
     except TfdsUnavailable:
         raise
     except Exception as e:  # download, checksum and TF errors have no common base
-        verb = "reading" if data_dir is not None else "download or preparation into"
-        raise TfdsUnavailable(f"{verb} {where} failed ({_why(e)})") from None
+        if data_dir is not None:
+            raise TfdsUnavailable(f"reading {where} failed ({_why(e)})") from None
+        # requests' ConnectionError is not the builtin one; both have this name.
+        offline = (" (is this machine offline?)"
+                   if any(c.__name__ == "ConnectionError" for c in type(e).__mro__) else "")
+        raise TfdsUnavailable(f"download or preparation into {where} failed{offline} "
+                              f"({_why(e)})") from None
     return arrays
 
 
