@@ -94,6 +94,32 @@ def test_prepared_tfds_folder_is_read_without_download(tmp_path, monkeypatch, lo
     assert load_dataset("mnist", data_dir=tmp_path / "both").source.endswith("mnist.npz")
 
 
+def test_real_tfds_folder_is_read_back_exactly(tmp_path):
+    # No mock: a folder that tfds itself prepared (here from arrays, under the name and
+    # version of its mnist builder), read back through fgc with tfds' own mnist reader.
+    store = getattr(tfds.dataset_builders, "store_as_tfds_dataset", None)
+    if store is None:
+        pytest.skip("this tensorflow-datasets has no store_as_tfds_dataset to prepare a folder")
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    x = {"train": rng.integers(0, 256, (17, 28, 28, 1), dtype=np.uint8),
+         "test": rng.integers(0, 256, (6, 28, 28, 1), dtype=np.uint8)}
+    y = {"train": np.arange(17) % 10, "test": np.arange(6)}
+    features = tfds.features.FeaturesDict({"image": tfds.features.Image(shape=(28, 28, 1)),
+                                           "label": tfds.features.ClassLabel(num_classes=10)})
+    store(name="mnist", version="3.0.1", features=features, data_dir=str(tmp_path / "tfds"),
+          split_datasets={k: tf.data.Dataset.from_tensor_slices({"image": x[k], "label": y[k]})
+                          for k in x})
+    ds = load_dataset("mnist", data_dir=tmp_path / "tfds")
+    assert ds.source == f"tfds:{tmp_path / 'tfds'}" and (ds.mean, ds.std) == DATASET_STATS["mnist"]
+    for split in ("train", "test"):  # tfds shuffles on writing: compare as sets of pairs
+        got = sorted(zip(getattr(ds, f"y_{split}").tolist(),
+                         (im.tobytes() for im in getattr(ds, f"x_{split}"))))
+        assert got == sorted(zip(y[split].tolist(), (im.tobytes() for im in x[split])))
+    assert ds.y_train.dtype == np.int32 and ds.x_train.shape == (17, 28, 28, 1)
+
+
 def test_unreadable_tfds_folder_is_one_clear_error(tmp_path):
     (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
     (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
