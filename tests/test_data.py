@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import subprocess
 import sys
 import zipfile
 from pathlib import Path
@@ -237,6 +238,27 @@ def test_missing_builtin_lists_every_place_looked(tmp_path, monkeypatch):
     assert "--data-dir" in msg and "FGC_DATA_DIR" in msg and "install tensorflow-datasets" in msg
 
 
+def test_tfds_folder_without_tfds_is_listed_not_fatal(tmp_path, monkeypatch):
+    (tmp_path / "tfds" / "mnist" / "3.0.1").mkdir(parents=True)
+    (tmp_path / "tfds" / "mnist" / "3.0.1" / "dataset_info.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError) as e:
+        load_dataset("mnist", data_dir=tmp_path / "tfds")
+    msg = str(e.value)
+    assert f"{tmp_path / 'tfds' / 'mnist'} is a tensorflow-datasets copy, but " in msg
+    assert "tensorflow-datasets is not importable" in msg and "./data" in msg
+
+
+def test_importing_fgc_does_not_import_tensorflow():
+    code = ("import sys, fgc, fgc.training.data, fgc.training.train, fgc.tools.cli\n"
+            "print(sorted({m.split('.')[0] for m in sys.modules} & {'tensorflow', "
+            "'tensorflow_datasets'}))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                       cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"
+
+
 def test_mnist_from_env_dir_validates_shape(tmp_path, monkeypatch):
     save_npz(tmp_path / "mnist.npz")  # valid npz, but 6x6 images are not MNIST
     monkeypatch.setenv("FGC_DATA_DIR", str(tmp_path))
@@ -269,7 +291,8 @@ def test_cifar_zip_decode_and_cache(tmp_path, monkeypatch, prefix):
     caches = list((tmp_path / "cache").glob("cifar10-*.npz"))
     assert len(caches) == 1 and sorted(p.name for p in data_dir.iterdir()) == ["cifar10-jpeg.zip"]
     # The second load must come from the cache, not the zip.
-    monkeypatch.setattr("fgc.training.data.decode_cifar_zip", lambda path: pytest.fail("decoded again"))
+    monkeypatch.setattr("fgc.training.cifar_zip.decode_cifar_zip",
+                        lambda path: pytest.fail("decoded again"))
     np.testing.assert_array_equal(load_dataset("cifar10", data_dir=data_dir).x_train, ds.x_train)
 
 

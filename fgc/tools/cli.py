@@ -133,8 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True, help="run directory (metrics, summary, checkpoint)")
     t.add_argument("--algorithm", help="preset or spec algorithm (default: the spec's)")
     t.add_argument("--dataset", help="mnist, cifar10 or an .npz path (default: the spec's)")
-    t.add_argument("--data-dir", help="folder with mnist.npz / cifar10-jpeg.zip "
-                   "(default: $FGC_DATA_DIR, then tensorflow-datasets)")
+    t.add_argument("--data-dir", help="folder with mnist.npz / cifar10-jpeg.zip, or "
+                   "prepared by tensorflow-datasets (mnist/3.0.1/...) (searched before "
+                   "$FGC_DATA_DIR, ./data, then tensorflow-datasets online)")
     t.add_argument("--epochs", type=_positive, help="epochs (default: the spec's)")
     t.add_argument("--batch-size", type=_positive, help="batch size (default: the spec's)")
     t.add_argument("--seed", type=_non_negative, help="seed (default: the spec's, else 0)")

@@ -3,11 +3,14 @@
 ``load_dataset`` knows two built-in datasets, ``mnist`` and ``cifar10``, and any
 user ``.npz`` file. Built-ins are looked for, in order, in the ``data_dir``
 argument (``--data-dir``), in ``$FGC_DATA_DIR``, in ``./data`` (relative to the
-working directory) and through tensorflow-datasets
-(imported lazily: fgc works without it). A data directory holds ``mnist.npz``
-(the Keras layout) and/or ``cifar10-jpeg.zip`` (``train/CLASS/NNNN.jpg`` and
-``test/CLASS/NNNN.jpg``); the decoded CIFAR arrays are cached under
-``$FGC_CACHE_DIR`` (default ``~/.cache/fgc``), never in the user's data dir.
+working directory) and last through tensorflow-datasets online
+(:mod:`fgc.training.tfds_source`, imported lazily: fgc works without it).
+In each of those folders fgc takes, first, the offline file: ``mnist.npz`` (the
+Keras layout) or ``cifar10-jpeg.zip`` (``train/CLASS/NNNN.jpg`` and
+``test/CLASS/NNNN.jpg``, decoded once by :mod:`fgc.training.cifar_zip` and cached
+under ``$FGC_CACHE_DIR``, never in the user's data dir); else a copy prepared by
+tensorflow-datasets (``mnist/3.0.1/...``, as ``tfds.load(data_dir=FOLDER)`` writes it),
+which is read without downloading.
 
 Every problem with the data is raised as :class:`~fgc.errors.DataError` naming
 the file, what is wrong and how to fix it.
@@ -15,27 +18,21 @@ the file, what is wrong and how to fix it.
 
 from __future__ import annotations
 
-import io
 import math
 import os
-import sys
-import tempfile
-import zipfile
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
 
 from fgc.errors import DataError, plural
+from fgc.training import tfds_source
+from fgc.training.cifar_zip import CIFAR10_CLASSES, READ_ERRORS, cifar_arrays, decode_cifar_zip
+from fgc.training.cifar_zip import SPLITS as _SPLITS
 
-CIFAR10_CLASSES = (
-    "airplane", "automobile", "bird", "cat", "deer",
-    "dog", "frog", "horse", "ship", "truck",
-)  # fmt: skip
+__all__ = ["BUILTIN_DATASETS", "CIFAR10_CLASSES", "DATASET_STATS", "Dataset", "decode_cifar_zip",
+           "iterate_batches", "load_dataset", "normalize", "num_batches", "synthetic_dataset"]
 
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -50,11 +47,6 @@ _BUILTIN_FILES = {"mnist": "mnist.npz", "cifar10": "cifar10-jpeg.zip"}
 BUILTIN_DATASETS: tuple[str, ...] = tuple(_BUILTIN_FILES)
 """The datasets ``load_dataset`` knows by name; anything else is a path to an ``.npz``."""
 _BUILTIN_SHAPES = {"mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-_SPLITS = ("x_train", "y_train", "x_test", "y_test")
-# Bump when the cache layout changes so stale caches are ignored, not misread.
-_CACHE_VERSION = 1
-# What reading a damaged archive or image can raise; all become DataError.
-_READ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error)
 
 
 @dataclass(frozen=True, eq=False)  # eq=False: comparing arrays has no truth value
@@ -121,8 +113,8 @@ def load_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Datase
 
 
 def _load_builtin(name: str, data_dir: str | os.PathLike | None) -> Dataset:
-    """Searches data_dir, $FGC_DATA_DIR, ./data, then tfds; one error lists every place
-    looked."""
+    """Searches data_dir, $FGC_DATA_DIR, ./data, then tfds online; one error lists every
+    place looked."""
     filename = _BUILTIN_FILES[name]
     tried = []
     env_dir = os.environ.get("FGC_DATA_DIR")
@@ -132,44 +124,41 @@ def _load_builtin(name: str, data_dir: str | os.PathLike | None) -> Dataset:
         if not folder:
             tried.append(f"{label}: not set")
             continue
-        path = Path(folder).expanduser() / filename
+        root = Path(folder).expanduser()
+        path = root / filename
+        # A file that is present but broken raises rather than falling through:
+        # silently using another copy would hide the user's mistake.
         if path.is_file():
-            # A file that is present but broken raises here rather than falling
-            # through: silently using another copy would hide the user's mistake.
-            return _load_cifar_zip(path) if name == "cifar10" else _load_mnist_npz(path)
-        why = "no such file" if Path(folder).expanduser().is_dir() else "folder does not exist"
+            arrays = cifar_arrays(path) if name == "cifar10" else _read_npz(path, _SPLITS)
+            return _builtin_dataset(name, arrays, str(path))
+        if tfds_source.holds_copy(root, name):
+            try:
+                return _builtin_dataset(name, tfds_source.load_arrays(name, root), f"tfds:{root}")
+            except tfds_source.TfdsMissing as e:
+                tried.append(f"{label}: {root / name} is a tensorflow-datasets copy, but "
+                             f"tensorflow-datasets is {e}")
+                continue
+            except tfds_source.TfdsUnavailable as e:
+                raise DataError(
+                    f"{root / name}: cannot read this tensorflow-datasets copy of {name}: {e}; "
+                    f"prepare it again with tfds.load({name!r}, data_dir={str(root)!r}) "
+                    f"or remove it"
+                ) from None
+        why = (f"no such file, nor a tensorflow-datasets {name}/ folder" if root.is_dir()
+               else "folder does not exist")
         tried.append(f"{label}: {path} ({why})")
-    dataset, why = _try_tfds(name)
-    if dataset is not None:
-        return dataset
-    tried.append(f"tensorflow-datasets: {why}")
+    try:
+        return _builtin_dataset(name, tfds_source.load_arrays(name), "tfds")
+    except tfds_source.TfdsUnavailable as e:
+        tried.append(f"tensorflow-datasets: {e}")
     raise DataError(
         f"cannot find dataset {name!r}. Looked in:\n"
         + "".join(f"  - {t}\n" for t in tried)
-        + f"To provide it, copy {filename} into a folder and pass --data-dir DIR or set "
+        + f"To provide it, copy {filename} (or a folder prepared by tensorflow-datasets, "
+        f"holding {name}/VERSION/) into a folder and pass --data-dir DIR or set "
         f"FGC_DATA_DIR=DIR, or install tensorflow-datasets (pip install 'fgc[tfds]') "
         f"and run with network access."
     )
-
-
-def _try_tfds(name: str) -> tuple[Dataset | None, str]:
-    """Loads ``name`` through tensorflow-datasets; returns (dataset, '') or (None, why not)."""
-    try:
-        import tensorflow_datasets as tfds
-    except Exception as e:  # a broken TF install can raise more than ImportError
-        return None, f"not importable ({type(e).__name__}: {e})"
-    try:
-        (x_tr, y_tr), (x_te, y_te) = tfds.as_numpy(
-            tfds.load(name, split=["train", "test"], batch_size=-1, as_supervised=True)
-        )
-    except Exception as e:  # download, checksum and TF errors have no common base
-        return None, f"failed ({type(e).__name__}: {e})"
-    arrays = {"x_train": x_tr, "y_train": y_tr, "x_test": x_te, "y_test": y_te}
-    return _builtin_dataset(name, arrays, "tfds"), ""
-
-
-def _load_mnist_npz(path: Path) -> Dataset:
-    return _builtin_dataset("mnist", _read_npz(path, _SPLITS), str(path))
 
 
 def _builtin_dataset(name: str, arrays: dict[str, np.ndarray], source: str) -> Dataset:
@@ -218,7 +207,7 @@ def _read_npz(
                     f"{', '.join(npz.files) or 'none'}); {fix}"
                 )
             return {k: npz[k] for k in (*required, *optional) if k in npz.files}
-    except _READ_ERRORS as e:
+    except READ_ERRORS as e:
         raise DataError(
             f"{path}: cannot be read as an .npz archive of plain arrays ({e}); "
             f"the file may be truncated or hold pickled objects; {fix}"
@@ -328,117 +317,6 @@ def _per_channel(
             f"{plural(channels, 'channel')}"
         )
     return tuple(values)
-
-
-def _cache_dir() -> Path:
-    return Path(os.environ.get("FGC_CACHE_DIR") or Path.home() / ".cache" / "fgc").expanduser()
-
-
-def _load_cifar_zip(path: Path) -> Dataset:
-    """Loads CIFAR-10 from a zip of JPEGs, decoding once and caching the arrays.
-
-    The cache is keyed by the zip's size and mtime, so replacing the zip
-    invalidates it; a damaged cache is silently rebuilt because it is ours.
-    """
-    stat = path.stat()
-    cache = _cache_dir() / f"cifar10-v{_CACHE_VERSION}-{stat.st_size}-{stat.st_mtime_ns}.npz"
-    arrays = None
-    if cache.is_file():
-        try:
-            arrays = _read_npz(cache, _SPLITS)
-        except DataError:
-            arrays = None
-    if arrays is None:
-        arrays = decode_cifar_zip(path)
-        _write_cache(cache, arrays)
-    return _builtin_dataset("cifar10", arrays, str(path))
-
-
-def _write_cache(cache: Path, arrays: dict[str, np.ndarray]) -> None:
-    """Writes atomically (temp file + rename) so a killed run never leaves a half cache."""
-    try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=cache.stem, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)  # uncompressed: JPEG-noisy pixels barely compress
-            os.replace(tmp, cache)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-    except OSError as e:
-        # An unwritable cache only costs time on the next run; training can go on.
-        print(f"fgc: warning: could not cache decoded CIFAR-10 at {cache}: {e}", file=sys.stderr)
-
-
-def decode_cifar_zip(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """Decodes a zip of ``[PREFIX/]SPLIT/CLASS/NAME.jpg`` images into arrays.
-
-    Files are sorted by (class index, name) within each split for determinism.
-    Decoding is serial: for 32x32 JPEGs, per-image overhead dominates and a thread
-    pool measured slower on 2 cores.
-
-    Args:
-      path: the zip file.
-
-    Returns:
-      ``x_train, y_train, x_test, y_test``: uint8 ``[N, H, W, 3]`` and int32 ``[N]``.
-
-    Raises:
-      DataError: the zip is unreadable, laid out differently, or holds a bad image.
-    """
-    path = Path(path)
-    layout = "SPLIT/CLASS/NAME.jpg, SPLIT train or test, CLASS one of " + ", ".join(CIFAR10_CLASSES)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            entries: dict[str, list[tuple[int, str]]] = {"train": [], "test": []}
-            for name in zf.namelist():
-                parts = name.split("/")
-                if name.endswith("/") or "__MACOSX" in parts or parts[-1].startswith("."):
-                    continue
-                if not parts[-1].lower().endswith((".jpg", ".jpeg", ".png")):
-                    continue
-                if len(parts) < 3 or parts[-3] not in entries or parts[-2] not in CIFAR10_CLASSES:
-                    raise DataError(f"{path}: unexpected entry {name!r}; expected {layout}")
-                entries[parts[-3]].append((CIFAR10_CLASSES.index(parts[-2]), name))
-            arrays = {}
-            for split, items in entries.items():
-                if not items:
-                    raise DataError(f"{path}: no {split} images found; expected {layout}")
-                items.sort()
-                arrays[f"x_{split}"] = _decode_images(path, zf, [n for _, n in items], split)
-                arrays[f"y_{split}"] = np.array([c for c, _ in items], np.int32)
-            return arrays
-    except _READ_ERRORS as e:
-        raise DataError(
-            f"{path}: cannot be read as a zip of JPEGs ({e}); the file may be truncated "
-            f"or not a zip; replace it with a fresh copy of cifar10-jpeg.zip"
-        ) from None
-
-
-def _decode_images(path: Path, zf: zipfile.ZipFile, names: list[str], split: str) -> np.ndarray:
-    """Decodes every image into one preallocated array (first image fixes the shape)."""
-    out = None
-    desc = f"decoding {path.name} ({split})"
-    for i, name in enumerate(tqdm(names, desc, unit="img", disable=not sys.stderr.isatty())):
-        try:
-            with Image.open(io.BytesIO(zf.read(name))) as im:
-                pixels = np.asarray(im if im.mode == "RGB" else im.convert("RGB"))
-        except _READ_ERRORS as e:
-            # PIL's "cannot identify" message only names an anonymous BytesIO.
-            why = "unknown image format" if isinstance(e, UnidentifiedImageError) else str(e)
-            raise DataError(
-                f"{path}: entry {name!r} is not a readable image ({why}); replace the zip"
-            ) from None
-        if out is None:
-            out = np.empty((len(names), *pixels.shape), np.uint8)
-        if pixels.shape != out.shape[1:]:
-            raise DataError(
-                f"{path}: entry {name!r} is {pixels.shape[1]}x{pixels.shape[0]} but earlier images "
-                f"are {out.shape[2]}x{out.shape[1]}; all images must have the same size"
-            )
-        out[i] = pixels
-    return out
 
 
 def normalize(x, mean: tuple[float, ...], std: tuple[float, ...]):

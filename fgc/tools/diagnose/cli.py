@@ -44,8 +44,9 @@ def add_arguments(parser) -> None:
                         help="examples per batch (default: the spec's)")
     parser.add_argument("--dataset", help="mnist, cifar10, an .npz path, or synthetic (random "
                         "images of the spec's input shape; default: the spec's dataset)")
-    parser.add_argument("--data-dir", help="folder with mnist.npz / cifar10-jpeg.zip "
-                        "(default: $FGC_DATA_DIR, then tensorflow-datasets)")
+    parser.add_argument("--data-dir", help="folder with mnist.npz / cifar10-jpeg.zip, or "
+                        "prepared by tensorflow-datasets (mnist/3.0.1/...) (searched before "
+                        "$FGC_DATA_DIR, ./data, then tensorflow-datasets online)")
     parser.add_argument("--seed", type=int_at_least(0), help="seed (default: the spec's)")
     parser.add_argument("--warmup-steps", type=int_at_least(0), default=DEFAULT_WARMUP,
                         help="training steps with the algorithm before measuring, so the "
