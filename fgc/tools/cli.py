@@ -72,15 +72,20 @@ def _cmd_train(args) -> int:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
-                        batch_size=args.batch_size, seed=args.seed,
+                        batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+                        checkpoint_every=args.checkpoint_every,
                         eval_train=not args.no_train_error)
     except KeyboardInterrupt:
-        print(f"interrupted; the last finished epoch's checkpoint is in {args.out}; continue "
-              f"with the same command plus --resume", file=sys.stderr)
+        print(f"interrupted; the last checkpoint is in {args.out}; continue with the same "
+              "command plus --resume", file=sys.stderr)
         return 130
     err = summary["test_error"]
-    print(f"done: test error {err:.2f}% after {plural(summary['epochs'], 'epoch')}; "
-          f"{Path(args.out) / 'summary.json'}")
+    if err is None:
+        print(f"stopped at step {summary['steps']:,} before the first epoch ended; "
+              f"{Path(args.out) / 'summary.json'}")
+    else:
+        print(f"{'done' if summary.get('finished', True) else 'stopped'}: test error {err:.2f}% "
+              f"after {plural(summary['epochs'], 'epoch')}; {Path(args.out) / 'summary.json'}")
     return 0
 
 
@@ -131,7 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how forward-gradient estimators credit replicated losses: exact "
                    "(unbiased) or ignore_norm (as Ren et al.'s released code; default: the "
                    "algorithm's)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (or "
+                   "start it there if it has no checkpoint yet); a larger --epochs extends it")
+    t.add_argument("--steps", type=_positive, help="stop once the run has made N optimizer "
+                   "steps (smoke runs, tests); --resume continues")
+    t.add_argument("--checkpoint-every", metavar="N|TIME", help="checkpoint every N steps or "
+                   "every TIME (30s, 5m); default: every tenth of an epoch or minute")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
