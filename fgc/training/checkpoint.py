@@ -117,6 +117,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
                     f"{version[0].decode('ascii', 'replace') if version else '?'} "
                     f"(this fgc reads format {FORMAT}); {_REMOVE}")
             size = int(m[3])
+            if size > os.fstat(f.fileno()).st_size:
+                raise CheckpointError(f"{path}: corrupt checkpoint (cut short: {size:,} bytes "
+                                      "announced, fewer there)")
             body = f.read(size + 1)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: no checkpoint here") from None
@@ -153,6 +156,10 @@ def load(path: str | os.PathLike, like: Any) -> tuple[dict[str, Any], Any]:
     """Reads a checkpoint into the structure of ``like`` (a freshly built state of
     the same spec and algorithm): returns ``(meta, state)``."""
     meta, payload = read(path)
+    return meta, _state(path, payload, like)
+
+
+def _state(path, payload: bytes, like: Any) -> Any:
     try:
         f = io.BytesIO(payload)
         state = eqx.tree_deserialise_leaves(f, like)
@@ -162,7 +169,7 @@ def load(path: str | os.PathLike, like: Any) -> tuple[dict[str, Any], Any]:
         raise CheckpointError(
             f"{path}: the checkpoint was written for a different network "
             f"({type(e).__name__}: {e}); {_REMOVE}") from None
-    return meta, state
+    return state
 
 
 def latest(folder: str | os.PathLike, like: Any, *, check: Callable[[dict, Path], None] | None = None,
@@ -184,9 +191,10 @@ def latest(folder: str | os.PathLike, like: Any, *, check: Callable[[dict, Path]
         if not os.path.lexists(path):
             continue
         try:
-            meta, state = load(path, like)
+            meta, payload = read(path)
             if check is not None:
                 check(meta, path)
+            state = _state(path, payload, like)
         except RunMismatch:
             raise
         except CheckpointError as e:

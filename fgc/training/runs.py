@@ -61,7 +61,8 @@ def check_out(out: str | os.PathLike) -> bool:
         if os.path.lexists(p) and not p.is_file():
             raise TrainingError(f"{p} is {'a folder' if p.is_dir() else 'not a file'}; fgc "
                                 "writes a file there: remove it or choose another --out")
-    ours = [n for n in names if n in OUTPUTS]
+    ours = [n for n in names if n in OUTPUTS or  # or a temporary file a kill left behind
+            n.startswith(".") and n.endswith(".tmp") and any(n.startswith(f".{o}.") for o in OUTPUTS)]
     if names and not ours:
         shown = ", ".join(names[:3]) + (f" and {len(names) - 3:,} more" if len(names) > 3 else "")
         raise TrainingError(f"{out} is not empty and holds no fgc run ({shown}); choose a new "
