@@ -148,7 +148,11 @@ def _choice(v, choices, what, d: Diags):
 def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
     if isinstance(v, S.Name) and v.id == "backprop":
         return Estimator("backprop")
-    if not isinstance(v, S.Call) or v.func not in ESTIMATORS or (v.func == "backprop" and (v.args or v.kwargs)):
+    if isinstance(v, S.Call) and v.func == "backprop" and (v.args or v.kwargs):
+        d.add("E205", "`backprop` takes no arguments", v.span,
+              "write `estimator = backprop` (the exact gradient; no feedback variants)")
+        return None
+    if not isinstance(v, S.Call) or v.func not in ESTIMATORS:
         name = v.func if isinstance(v, S.Call) else _word(v)
         d.add("E207", f"unknown estimator `{name}`", getattr(v, "span", None),
               suggest(str(name), ESTIMATORS) or "use backprop or forward(perturb = activity)")
@@ -247,6 +251,10 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
     for k in unknown:
         d.add("E203", f"optax.{c.name} has no argument `{k}`", span,
               suggest(k, params) or f"arguments: {', '.join(params)}")
+    lr = c.as_dict().get("learning_rate")
+    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not lr > 0):
+        d.add("E206", f"learning_rate must be a number above 0, got {lr}", span,
+              "e.g. learning_rate = 0.01; the optimizer already steps against the gradient")
     if "learning_rate" in params and "learning_rate" not in c.as_dict() and not unknown:
         d.add("E204", f"optax.{c.name} needs learning_rate", span,
               f"e.g. {c.name}(learning_rate = 0.01)")

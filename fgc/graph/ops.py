@@ -248,6 +248,7 @@ def _norm_params(s, a):
     doc="LayerNorm over the channels (within each of `groups` groups); no affine by default.")
 def _layernorm(ins, a):
     (s,) = ins
+    _positive(a, "eps")  # eps ≤ 0 divides by zero (NaN) on a constant input
     _divides(s[-1], a["groups"], "group count", "width")
     return s
 
@@ -257,6 +258,7 @@ def _layernorm(ins, a):
     doc="GroupNorm over positions and the channels of each group (for conv nets).")
 def _groupnorm(ins, a):
     (s,) = ins
+    _positive(a, "eps")
     _divides(s[-1], a["groups"], "group count", "width")
     return s
 
@@ -265,6 +267,7 @@ def _groupnorm(ins, a):
     params=_norm_params, role="norm", mixes_examples=True,
     doc="Normalises each channel over the batch (and positions), with batch statistics.")
 def _batchnorm(ins, a):
+    _positive(a, "eps")
     return ins[0]
 
 

@@ -7,6 +7,7 @@ exit status 1 (2 for bad command lines); a traceback means a bug in fgc.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def _cmd_check(args) -> int:
 
 def _cmd_fmt(args) -> int:
     from fgc.front.fmt import format_spec
-    from fgc.front.parse import parse_file
+    from fgc.front.parse import MAX_SPEC_BYTES, parse_file
     status = 0
     for path in args.specs:
         try:
@@ -46,6 +47,12 @@ def _cmd_fmt(args) -> int:
             status = 1
             continue
         text = format_spec(spec)
+        size = len(text.encode("utf-8"))
+        if size > MAX_SPEC_BYTES:  # written, it could not be read back
+            print(f"{path}: in canonical form the spec would be {size:,} bytes, over the limit "
+                  f"of {MAX_SPEC_BYTES:,}; left as it is", file=sys.stderr)
+            status = 1
+            continue
         if args.check:
             if text != spec.source:
                 print(f"{path}: not in canonical form", file=sys.stderr)
@@ -187,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fgc check --summary X | head -1`: the reader has what it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush raises nothing
+        return 141  # as if killed by SIGPIPE, like other Unix tools
 
 
 if __name__ == "__main__":

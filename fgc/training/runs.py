@@ -80,6 +80,18 @@ def make_out(out: Path, identity: dict[str, Any]) -> None:
                             ) from None
 
 
+def check_size(run) -> None:
+    """E305 for the run's own batch size and tangents (the command line may raise them)."""
+    from fgc.errors import SpecError
+    from fgc.graph import sizes
+    from fgc.graph.build import Diags
+    d = Diags()
+    sizes.check(run.plan.graph, run.train.batch_size, d, tangents=sizes.max_tangents(run.plan),
+                why=" with these settings")
+    if d:
+        raise SpecError(d.items, run.program.spec.source)
+
+
 # --- identity --------------------------------------------------------------------------------
 
 def identity(run, *, tangents: int | None, credit: str | None) -> dict[str, Any]:

@@ -315,6 +315,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
                   tangents=tangents, credit=credit, **overrides)
     cfg, data, spe = run.train, run.data, run.steps_per_epoch
+    runs.check_size(run)
     policy = runs.Policy.parse(checkpoint_every, spe)
     ident = runs.identity(run, tangents=tangents, credit=credit)
     start, done, sums, state = 0, 0, {}, run.init_state()
