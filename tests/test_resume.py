@@ -399,3 +399,11 @@ def test_disk_full_mid_run_keeps_the_previous_checkpoint(spec_path, data, full, 
     assert sorted(os.listdir(out)) == sorted([checkpoint.NAME, checkpoint.PREVIOUS, runs.MARKER])
     train(spec_path, out=out, dataset=data, log=quiet, resume=True)
     assert payload(out) == payload(full)
+
+
+def test_a_format_1_checkpoint_is_named_as_such(tmp_path):
+    """The checkpoint of an older fgc: one line, not a traceback or a wrong resume."""
+    path = tmp_path / checkpoint.NAME
+    path.write_bytes(b'{"epoch": 1, "format": 1, "step": 5}\n' + bytes(100))
+    with pytest.raises(CheckpointError, match="older fgc \\(format 1"):
+        checkpoint.read(path)

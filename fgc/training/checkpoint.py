@@ -107,6 +107,9 @@ def read(path: str | os.PathLike) -> tuple[dict[str, Any], bytes]:
     try:
         with open(path, "rb") as f:
             first = f.readline(200)
+            if first.startswith(b'{"'):  # format 1 began with its JSON metadata
+                raise CheckpointError(f"{path}: written by an older fgc (format 1, without a "
+                                      f"checksum; this fgc reads format {FORMAT}); {_REMOVE}")
             if not first.startswith(_MAGIC):
                 raise CheckpointError(f"{path}: not an fgc checkpoint; {_REMOVE}")
             m = _FIRST.match(first)
