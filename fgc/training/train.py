@@ -312,6 +312,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
                             "choose another --out")
     if steps is not None and (type(steps) is not int or steps < 1):
         raise TrainingError(f"--steps must be a positive integer, got {steps!r}")
+    runs.Policy.parse(checkpoint_every, 1)  # a bad --checkpoint-every before any loading
     run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
                   tangents=tangents, credit=credit, **overrides)
     cfg, data, spe = run.train, run.data, run.steps_per_epoch
