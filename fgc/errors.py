@@ -51,11 +51,27 @@ class Diagnostic:
                 width = 1
                 if self.span.end_line == self.span.line:
                     width = max(1, self.span.end_column - self.span.column)
+                text, col, width = _window(text, self.span.column - 1, width)
                 out.append(f"  {self.span.line:>4} | {text}")
-                out.append("       | " + " " * (self.span.column - 1) + "^" * width)
+                out.append("       | " + " " * col + "^" * width)
         if self.hint:
             out.append(f"  hint: {self.hint}")
         return "\n".join(out)
+
+
+SHOWN = 100  # characters of a source line shown under a message
+
+
+def _window(text: str, col: int, width: int) -> tuple[str, int, int]:
+    """At most :data:`SHOWN` characters of ``text`` around ``col`` (0-based), with ``…``
+    where it was cut, and the caret's column and width within them."""
+    if len(text) <= SHOWN:
+        return text, col, width
+    start = 0 if col < SHOWN // 2 else max(0, min(col - SHOWN // 4, len(text) - SHOWN))
+    end = start + SHOWN
+    shown = ("…" if start else "") + text[start:end] + ("…" if end < len(text) else "")
+    col = col - start + (1 if start else 0)
+    return shown, col, max(1, min(width, end - start - (col - (1 if start else 0))))
 
 
 class FgError(Exception):
@@ -66,7 +82,8 @@ class SpecError(FgError):
     """A spec has one or more problems; carries all of them."""
 
     def __init__(self, diagnostics: list[Diagnostic], source: str | None = None):
-        self.diagnostics = list(diagnostics)
+        # one misspelt op in a head that three blocks use is one mistake, not three
+        self.diagnostics = list(dict.fromkeys(diagnostics))
         self.source = source
         super().__init__(self.render())
 

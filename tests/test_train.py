@@ -214,14 +214,23 @@ def test_existing_run_is_never_overwritten(spec_path, data, tmp_path):
 
 @pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
 def test_corrupt_checkpoint_is_a_clear_error(spec_path, data, tmp_path, damage):
+    """A damaged checkpoint is reported and the previous one used; both damaged: an error
+    naming each."""
     out = tmp_path / "run"
     train(spec_path, out=out, dataset=data, log=quiet, epochs=1)
-    ck = out / checkpoint.NAME
+    ck, prev = out / checkpoint.NAME, out / checkpoint.PREVIOUS
+    before = checkpoint.read_meta(prev)["step"]
     raw = ck.read_bytes()
     ck.write_bytes({"garbage": b"\x00\xffnot a checkpoint" * 10, "truncated": raw[:len(raw) // 2],
                     "empty": b""}[damage])
-    with pytest.raises(CheckpointError, match=str(ck)):
+    lines = []
+    train(spec_path, out=out, dataset=data, log=lines.append, epochs=1, resume=True)
+    assert any(l.startswith(f"warning: {ck}") and f"step {before})" in l for l in lines), lines
+    for p in (ck, prev):
+        p.write_bytes(b"")
+    with pytest.raises(CheckpointError, match=str(ck)) as e:
         train(spec_path, out=out, dataset=data, log=quiet, epochs=2, resume=True)
+    assert str(prev) in str(e.value)
 
 
 def test_resume_with_other_settings_is_refused(spec_path, data, tmp_path):
@@ -233,18 +242,19 @@ def test_resume_with_other_settings_is_refused(spec_path, data, tmp_path):
 
 
 def test_save_is_atomic(tmp_path, monkeypatch):
-    """A failure while writing leaves the previous checkpoint as it was."""
+    """A disk full mid-write is one clear error and leaves the previous checkpoint as it was."""
+    import errno
+    import os
     path = tmp_path / checkpoint.NAME
-    checkpoint.save(path, {"epoch": 1}, {"w": jnp.ones(3)})
+    checkpoint.save(path, {"epoch": 1, "step": 0}, {"w": jnp.ones(3)})
     before = path.read_bytes()
 
-    def boom(f, tree):
-        f.write(b"partial")
-        raise OSError("disk full")
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(eqx, "tree_serialise_leaves", boom)
-    with pytest.raises(OSError):
-        checkpoint.save(path, {"epoch": 2}, {"w": jnp.zeros(3)})
+    monkeypatch.setattr(checkpoint.os, "fsync", full)
+    with pytest.raises(CheckpointError, match="No space left on device.*previous checkpoint is kept"):
+        checkpoint.save(path, {"epoch": 2, "step": 0}, {"w": jnp.zeros(3)})
     assert path.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == [checkpoint.NAME]
 

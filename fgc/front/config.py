@@ -148,7 +148,11 @@ def _choice(v, choices, what, d: Diags):
 def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
     if isinstance(v, S.Name) and v.id == "backprop":
         return Estimator("backprop")
-    if not isinstance(v, S.Call) or v.func not in ESTIMATORS or (v.func == "backprop" and (v.args or v.kwargs)):
+    if isinstance(v, S.Call) and v.func == "backprop" and (v.args or v.kwargs):
+        d.add("E205", "`backprop` takes no arguments", v.span,
+              "write `estimator = backprop` (the exact gradient; no feedback variants)")
+        return None
+    if not isinstance(v, S.Call) or v.func not in ESTIMATORS:
         name = v.func if isinstance(v, S.Call) else _word(v)
         d.add("E207", f"unknown estimator `{name}`", getattr(v, "span", None),
               suggest(str(name), ESTIMATORS) or "use backprop or forward(perturb = activity)")
@@ -253,6 +257,10 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
                                    and not isinstance(default, bool)):
             d.add("E206", f"`{k}` of {c.name} must be a number, and `{v}` is no constant", span,
                   f"write a number, or define it with `const {v} = ...`")
+    lr = c.as_dict().get("learning_rate")
+    if lr is not None and not isinstance(lr, str) and (isinstance(lr, bool) or not lr > 0):
+        d.add("E206", f"learning_rate must be a number above 0, got {lr}", span,
+              "e.g. learning_rate = 0.01; the optimizer already steps against the gradient")
     if "learning_rate" in params and "learning_rate" not in c.as_dict() and not unknown:
         d.add("E204", f"optax.{c.name} needs learning_rate", span,
               f"e.g. {c.name}(learning_rate = 0.01)")

@@ -14,6 +14,8 @@ from fgc.errors import Diagnostic, FgError, Span, SpecError
 
 MAX_SPEC_BYTES = 1_000_000  # a real spec is a few KB; larger input is a mistake
 MAX_NESTING = 100  # deeper syntax trees (`[[[[...`, `1+1+...`) would overflow the stack
+MAX_TERMS = 200  # terms of one flat sum or product (`1 + 1 + ...`)
+_CHAIN = {"add": "+", "mul": "*", "div": "*"}
 MAX_NUMBER_CHARS = 100  # longer literals are typos (and Python cannot print > 4300 digits)
 
 
@@ -225,7 +227,8 @@ def decode(data: bytes, path: str) -> str:
         raise SpecError([Diagnostic(code, msg, Span(path, 1, 1, 1, 2), hint)])
 
     if len(data) > MAX_SPEC_BYTES:
-        fail("E005", f"file is {len(data):,} bytes; a spec must be under {MAX_SPEC_BYTES:,}",
+        fail("E005", f"file is over {MAX_SPEC_BYTES:,} bytes; a spec must be under "
+             f"{MAX_SPEC_BYTES:,}",
              "is this really a .fg spec?")
     if b"\x00" in data:
         fail("E006", "file is binary, not a .fg spec", "pass a text file written in the .fg language")
@@ -264,8 +267,9 @@ def parse(text: str, path: str = "<spec>") -> S.SpecFile:
     if deep is not None:
         m = deep.meta
         line, col = (1, 1) if getattr(m, "empty", True) else (m.line, m.column)
-        raise SpecError([Diagnostic("E002", f"expression nested more than {MAX_NESTING} levels deep",
-                                    Span(path, line, col, line, col + 1),
+        what = (f"a {'sum' if deep.data == 'add' else 'product'} of more than {MAX_TERMS} terms"
+                if deep.data in _CHAIN else f"expression nested more than {MAX_NESTING} levels deep")
+        raise SpecError([Diagnostic("E002", what, Span(path, line, col, line, col + 1),
                                     "split it up with `const` definitions")], text)
     try:
         items = _ToAst(path).transform(tree)
@@ -282,12 +286,16 @@ def parse(text: str, path: str = "<spec>") -> S.SpecFile:
 
 def _too_deep(tree: lark.Tree) -> lark.Tree | None:
     """The first subtree nested deeper than MAX_NESTING, found without recursion."""
-    stack = [(tree, 1)]
+    stack = [(tree, 1, 1)]
     while stack:
-        t, depth = stack.pop()
-        if depth > MAX_NESTING:
+        t, depth, terms = stack.pop()
+        if depth > MAX_NESTING or terms > MAX_TERMS:
             return t
-        stack.extend((c, depth + 1) for c in t.children if isinstance(c, lark.Tree))
+        for c in t.children:
+            if isinstance(c, lark.Tree):
+                flat = _CHAIN.get(c.data) is not None and _CHAIN.get(c.data) == _CHAIN.get(t.data)
+                # the next term of a flat sum or product is not one level deeper
+                stack.append((c, depth, terms + 1) if flat else (c, depth + 1, 2 if c.data in _CHAIN else 1))
     return None
 
 
@@ -295,7 +303,8 @@ def parse_file(path: str | Path) -> S.SpecFile:
     """Reads and parses a spec file; every failure is a :class:`FgError`."""
     p = Path(path)
     try:
-        data = p.read_bytes()
+        with open(p, "rb") as f:  # /dev/zero or a huge file: read no more than the limit
+            data = f.read(MAX_SPEC_BYTES + 1)
     except FileNotFoundError:
         raise FgError(f"{p}: no such file") from None
     except IsADirectoryError:

@@ -38,7 +38,7 @@ class Diags:
 
 
 def suggest(name: str, candidates) -> str | None:
-    close = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.6)
+    close = difflib.get_close_matches(name, [c for c in candidates if c != name], n=1, cutoff=0.6)
     return f"did you mean `{close[0]}`?" if close else None
 
 
@@ -332,8 +332,9 @@ class Builder:
                 self._lint(later, scope.consts, scope.values)
             return None
         for i, st in enumerate(rest):
-            cur = self._stage(st, cur, scope)
+            prev, cur = cur, self._stage(st, cur, scope)
             if cur is None:
+                self.graph.cut.add(prev)
                 for later in rest[i + 1:]:
                     self._lint(later, scope.consts, scope.values)
                 return None

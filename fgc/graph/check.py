@@ -79,5 +79,5 @@ def _check_sites(graph: Graph, diags: Diags) -> None:
             if preds and graph.node(preds[0]).kind == "perturb":
                 diags.add("E407", "two perturbation sites in a row", d.span,
                           "one `perturb` per activation is enough")
-            if d.shape is not None and graph.g.out_degree(nid) == 0:
+            if d.shape is not None and graph.g.out_degree(nid) == 0 and nid not in graph.cut:
                 diags.add("E407", "perturbation site feeds nothing", d.span)

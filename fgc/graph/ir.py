@@ -92,6 +92,9 @@ class Graph:
         self.g = g if g is not None else nx.DiGraph()
         self.losses: dict[str, LossInfo] = losses or {}
         self.meta: dict = meta or {}
+        # nodes whose pipe stopped at a stage that failed to build: checks that would only
+        # report the consequence (a site feeding nothing) stay quiet about them
+        self.cut: set[str] = set()
 
     # access
     def node(self, nid: str) -> NodeData:

@@ -272,6 +272,7 @@ def _norm_params(s, a):
     doc="LayerNorm over the channels (within each of `groups` groups); no affine by default.")
 def _layernorm(ins, a):
     (s,) = ins
+    _positive(a, "eps")  # eps ≤ 0 divides by zero (NaN) on a constant input
     _divides(s[-1], a["groups"], "group count", "width")
     return s
 
@@ -281,6 +282,7 @@ def _layernorm(ins, a):
     doc="GroupNorm over positions and the channels of each group (for conv nets).")
 def _groupnorm(ins, a):
     (s,) = ins
+    _positive(a, "eps")
     _divides(s[-1], a["groups"], "group count", "width")
     return s
 
@@ -291,6 +293,7 @@ def _groupnorm(ins, a):
     doc="Normalises each channel over the batch and positions: batch statistics in "
         "training, running statistics (updated with `momentum`) in evaluation.")
 def _batchnorm(ins, a):
+    _positive(a, "eps")
     if not 0 < a["momentum"] <= 1:
         raise ShapeError(f"momentum must be in (0, 1], got {a['momentum']}",
                          "the running statistics move by `momentum` of the batch's each step; "

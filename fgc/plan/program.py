@@ -15,6 +15,7 @@ from pathlib import Path
 
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
+from fgc.graph import sizes
 from fgc.graph.check import build_and_check
 from fgc.front.consts import constants, resolve_section
 from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
@@ -104,8 +105,14 @@ class Program:
                   "no `perturb` site", net_span,
                   "add `| perturb |` after each post-linear norm, before the activation")
         elif activity:
-            _check_site_coverage(g, name, [n for n, gr in assignment.items() if gr in activity
-                                           and g.node(n).role == "op"], d)
+            # the estimator that needs the noise is the group's own, or else the algorithm's
+            whose = {gr: f"group `{gr}`" if groups[gr].estimator is not None else f"`{name}`"
+                     for gr in activity}
+            _check_site_coverage(g, {n: whose[gr] for n, gr in assignment.items()
+                                     if gr in activity and g.node(n).role == "op"}, d)
+        if not d:
+            sizes.check(g, self.train.batch_size, d, tangents=sizes.max_tangents(
+                Plan(g, algo, groups, assignment, self.train)), why=f" under `{name}`")
         if d:
             raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
@@ -208,7 +215,7 @@ def _unperturbed_reach(g: Graph, nid: str) -> str | None:
     return None
 
 
-def _check_site_coverage(g: Graph, algo: str, nodes: list[str], d: Diags) -> None:
+def _check_site_coverage(g: Graph, nodes: dict[str, str], d: Diags) -> None:
     """E507: activity noise enters only at `perturb` sites, and a layer's gradient is
     estimated from the site right after it. A path from a layer to a loss that passes
     no site contributes nothing (the estimate is missing or biased); a layer whose
@@ -232,7 +239,7 @@ def _check_site_coverage(g: Graph, algo: str, nodes: list[str], d: Diags) -> Non
         if len(hits) > 1:
             more = (f" (and {plural(len(hits) - 1, 'more instance')} of block "
                     f"`{g.node(n).block_def}`)")
-        d.add("E507", f"`{n}`{more} reaches {what} before any `perturb` site, so `{algo}` "
+        d.add("E507", f"`{n}`{more} reaches {what} before any `perturb` site, so {nodes[n]} "
               "has no activity noise of its own to estimate its gradient from", span,
               "add `| perturb |` after the layer's norm, before its activation")
 
@@ -396,7 +403,10 @@ def _program(spec: S.SpecFile) -> Program:
         if s.name:
             d.add("E002", "`train` takes no name", s.span, "write `train { ... }`")
     train = train_from(trains[0] if trains else None, d)
-    if train.algorithm and train.algorithm not in algos:
+    if not d:  # sizes from a graph whose shapes are all known
+        sizes.check(graph, train.batch_size, d)
+    broken = {s.name for s in spec.of(S.Section) if s.kind == "algorithm"}
+    if train.algorithm and train.algorithm not in algos and train.algorithm not in broken:
         sec = trains[0]
         d.add("E207", f"unknown algorithm `{train.algorithm}`", sec.get("algorithm").span,
               suggest(train.algorithm, algos) or f"known: {', '.join(sorted(algos))}")

@@ -7,6 +7,7 @@ exit status 1 (2 for bad command lines); a traceback means a bug in fgc.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def _cmd_check(args) -> int:
 
 def _cmd_fmt(args) -> int:
     from fgc.front.fmt import format_spec
-    from fgc.front.parse import parse_file
+    from fgc.front.parse import MAX_SPEC_BYTES, parse_file
     status = 0
     for path in args.specs:
         try:
@@ -56,6 +57,12 @@ def _cmd_fmt(args) -> int:
             status = 1
             continue
         text = format_spec(spec)
+        size = len(text.encode("utf-8"))
+        if size > MAX_SPEC_BYTES:  # written, it could not be read back
+            print(f"{path}: in canonical form the spec would be {size:,} bytes, over the limit "
+                  f"of {MAX_SPEC_BYTES:,}; left as it is", file=sys.stderr)
+            status = 1
+            continue
         if args.check:
             if text != spec.source:
                 print(f"{path}: not in canonical form", file=sys.stderr)
@@ -82,15 +89,20 @@ def _cmd_train(args) -> int:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
-                        batch_size=args.batch_size, seed=args.seed,
+                        batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+                        checkpoint_every=args.checkpoint_every,
                         eval_train=not args.no_train_error)
     except KeyboardInterrupt:
-        print(f"interrupted; the last finished epoch's checkpoint is in {args.out}; continue "
-              f"with the same command plus --resume", file=sys.stderr)
+        print(f"interrupted; the last checkpoint is in {args.out}; continue with the same "
+              "command plus --resume", file=sys.stderr)
         return 130
     err = summary["test_error"]
-    print(f"done: test error {err:.2f}% after {plural(summary['epochs'], 'epoch')}; "
-          f"{Path(args.out) / 'summary.json'}")
+    if err is None:
+        print(f"stopped at step {summary['steps']:,} before the first epoch ended; "
+              f"{Path(args.out) / 'summary.json'}")
+    else:
+        print(f"{'done' if summary.get('finished', True) else 'stopped'}: test error {err:.2f}% "
+              f"after {plural(summary['epochs'], 'epoch')}; {Path(args.out) / 'summary.json'}")
     return 0
 
 
@@ -145,7 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how forward-gradient estimators credit replicated losses: exact "
                    "(unbiased) or ignore_norm (as Ren et al.'s released code; default: the "
                    "algorithm's)")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true", help="continue the run in --out (or "
+                   "start it there if it has no checkpoint yet); a larger --epochs extends it")
+    t.add_argument("--steps", type=_positive, help="stop once the run has made N optimizer "
+                   "steps (smoke runs, tests); --resume continues")
+    t.add_argument("--checkpoint-every", metavar="N|TIME", help="checkpoint every N steps or "
+                   "every TIME (30s, 5m); default: every tenth of an epoch or minute")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
@@ -193,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fgc check --summary X | head -1`: the reader has what it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush raises nothing
+        return 141  # as if killed by SIGPIPE, like other Unix tools
 
 
 if __name__ == "__main__":

@@ -320,6 +320,9 @@ def _check_output(out: Path) -> str:
         raise FgError(f"cannot draw to `{out}`: unknown extension `{out.suffix or '(none)'}`; "
                       f"use one of {', '.join(FORMATS)}")
     parent = out.parent
+    blocker = next((p for p in (parent, *parent.parents) if p.exists()), None)
+    if blocker is not None and not blocker.is_dir():
+        raise FgError(f"cannot write `{out}`: `{blocker}` is a file, not a folder")
     if not parent.is_dir():
         raise FgError(f"cannot write `{out}`: folder `{parent}` does not exist "
                       f"(create it with `mkdir -p {parent}`)")

@@ -18,8 +18,7 @@ Example:
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
+import itertools
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ import numpy as np
 import optax
 from jaxtyping import Array, PyTree
 
-from fgc.training import checkpoint
+from fgc.training import checkpoint, runs
 from fgc.front.config import Call, TrainConfig
 from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
@@ -280,10 +279,6 @@ def _check_data(prog: Program, data: Dataset) -> None:
                         f"classes = {classes}")
 
 
-def _spec_hash(prog: Program) -> str:
-    return hashlib.sha256(prog.spec.source.encode()).hexdigest()[:16]
-
-
 def _loss_name(loss_id: str) -> str:
     return loss_id.removeprefix("loss:")
 
@@ -291,17 +286,25 @@ def _loss_name(loss_id: str) -> str:
 def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           dataset: str | Dataset | None = None, data_dir: str | None = None,
           tangents: int | None = None, credit: str | None = None,
-          resume: bool = False, progress: bool | None = None, eval_train: bool = True,
-          log: Callable[[str], None] | None = None,
+          resume: bool = False, steps: int | None = None,
+          checkpoint_every: int | str | None = None, progress: bool | None = None,
+          eval_train: bool = True, log: Callable[[str], None] | None = None,
           on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
-    """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and a checkpoint to ``out``.
+    """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and checkpoints to ``out``.
 
     Args:
       spec: spec path or :class:`~fgc.plan.program.Program`.
       out: run directory; created if missing. An existing run there is continued
-        with ``resume=True`` and never overwritten otherwise.
+        with ``resume=True`` and never overwritten otherwise; a non-empty folder
+        without a run is refused.
       algorithm, dataset, data_dir, tangents, credit, overrides: as :func:`prepare`.
-      resume: continue from ``out/checkpoint.eqx``.
+      resume: continue from the newest good checkpoint in ``out`` (mid-epoch too;
+        the result is bit-identical to an uninterrupted run). A larger ``epochs``
+        extends a finished run (the log says what that does to the schedule).
+      steps: stop once the run has made this many optimizer steps in all (a
+        checkpoint is written there; ``resume`` continues).
+      checkpoint_every: steps (``500``) or a time (``"30s"``, ``"5m"``) between
+        checkpoints; default: every tenth of an epoch or minute, whichever is first.
       progress: a progress bar (default: when stderr is a terminal); else one line
         per epoch through ``log``.
       eval_train: measure the training-set error every epoch (a forward pass over
@@ -314,63 +317,85 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
       The summary written to ``summary.json``.
 
     Raises:
-      TrainingError: a loss became NaN or infinite (the last good checkpoint stays).
-      CheckpointError: ``resume`` without a usable checkpoint, or one from another run.
+      TrainingError: a loss became NaN or infinite (the last good checkpoint stays),
+        or ``out`` cannot hold the run.
+      CheckpointError: no usable checkpoint, or one from another run.
       DataError, SpecError: bad data or spec.
     """
     log = log or print
+    exists = runs.check_out(out)
     out = Path(out)
-    ckpt_path = out / checkpoint.NAME
-    metrics_path = out / "metrics.jsonl"
-    if not resume and (ckpt_path.exists() or metrics_path.exists()):
+    if exists and not resume:
         raise TrainingError(f"{out} already holds a run; pass --resume to continue it, or "
                             "choose another --out")
+    if steps is not None and (type(steps) is not int or steps < 1):
+        raise TrainingError(f"--steps must be a positive integer, got {steps!r}")
+    runs.Policy.parse(checkpoint_every, 1)  # a bad --checkpoint-every before any loading
     run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
                   tangents=tangents, credit=credit, **overrides)
-    cfg, data = run.train, run.data
-    meta_fixed = {"spec_sha": _spec_hash(run.program), "spec": str(run.program.path),
-                  "algorithm": cfg.algorithm or "bp", "dataset": data.name,
-                  "batch_size": cfg.batch_size, "seed": cfg.seed, "epochs": cfg.epochs,
-                  "tangents": tangents, "credit": credit}
-    net, opt_state = run.init_state()
-    start_epoch = 0
-    if resume:
-        meta = checkpoint.read_meta(ckpt_path)
-        changed = [f"{k}: {meta.get(k)!r} → {v!r}" for k, v in meta_fixed.items()
-                   if meta.get(k) != v]
-        if changed:
-            raise CheckpointError(f"{ckpt_path} belongs to a different run ({'; '.join(changed)}); "
-                                  "resume with the same spec and settings, or use another --out")
-        _, (net, opt_state) = checkpoint.load(ckpt_path, (net, opt_state))
-        start_epoch = int(meta["epoch"])
-        _truncate_metrics(metrics_path, start_epoch)
-    out.mkdir(parents=True, exist_ok=True)
+    cfg, data, spe = run.train, run.data, run.steps_per_epoch
+    runs.check_size(run)
+    policy = runs.Policy.parse(checkpoint_every, spe)
+    ident = runs.identity(run, tangents=tangents, credit=credit)
+    start, done, sums, state = 0, 0, {}, run.init_state()
+    if exists:
+        found = checkpoint.latest(out, state, log=log, check=lambda meta, where: (
+            runs.compare(meta, ident, where), runs.check_position(meta, spe, cfg.epochs, where)))
+        if found is not None:
+            where, meta, state = found
+            start, done, sums = meta["step"], meta["epoch"], dict(meta.get("sums", {}))
+            note = runs.extension_note(run, meta.get("epochs", cfg.epochs), start)
+            log(note or f"resuming {out} at step {start:,} of {cfg.epochs * spe:,}")
+        else:
+            runs.compare_marker(out, ident)
+            log(f"{out} has no checkpoint yet; starting at step 0")
+    history = runs.truncate_metrics(out / runs.METRICS, done)
+    runs.make_out(out, ident)
+    stop = cfg.epochs * spe if steps is None else min(steps, cfg.epochs * spe)
+    net, opt_state = state
+    ckpt_path = out / checkpoint.NAME
+
+    def save(epochs_done: int) -> None:
+        checkpoint.save(ckpt_path, {"run": ident, "spec": str(run.program.path),
+                                    "epoch": epochs_done, "step": global_step,
+                                    "epochs": cfg.epochs, "sums": sums,
+                                    "key": np.asarray(jax.random.key_data(run.key)).tolist()},
+                        (net, opt_state))
+        clock.reset(global_step)
 
     step_fn = make_step(run.rule, run.tx, max_traces=1)
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
-    log(f"fgc train: {run.program.graph.meta.get('title') or run.program.path} · {algo} · {data.name} ({len(data.x_train)} train / {len(data.x_test)} test, "
-        f"{data.source}) · {plural(cfg.epochs, 'epoch')} × {plural(run.steps_per_epoch, 'step')} "
-        f"of {cfg.batch_size}")
-    for line in run.rule.describe():
-        log(f"  {line}")
-    for w in run.plan.warnings:
-        log(w.render(run.program.spec.source))
+    if start < stop:
+        log(f"fgc train: {run.program.graph.meta.get('title') or run.program.path} · {algo} · "
+            f"{data.name} ({len(data.x_train)} train / {len(data.x_test)} test, {data.source}) · "
+            f"{plural(cfg.epochs, 'epoch')} × {plural(spe, 'step')} of {cfg.batch_size}")
+        for line in run.rule.describe():
+            log(f"  {line}")
+        for w in run.plan.warnings:
+            log(w.render(run.program.spec.source))
+    elif start == cfg.epochs * spe:
+        log(f"{out}: the run is finished ({plural(cfg.epochs, 'epoch')}); pass a larger --epochs "
+            "to extend it")
+    else:
+        log(f"{out}: already at step {start:,} (--steps {steps:,})")
 
     final_id = next((l.id for l in run.net.loss_heads if l.final), None)
-    history = _read_metrics(metrics_path)
     wall0 = time.perf_counter()
     compile_seconds = None
-    global_step = start_epoch * run.steps_per_epoch
-    for epoch in range(start_epoch, cfg.epochs):
+    global_step = start
+    clock = policy.clock(start)
+    for epoch in range(start // spe, cfg.epochs if start < stop else 0):
+        skip = global_step - epoch * spe
+        sums = sums if skip else {}
         t0 = time.perf_counter()
-        sums: dict[str, Array] = {}
         pending: list[tuple[int, dict[str, Array]]] = []
-        timed_images, timed_seconds = 0, 0.0
-        bar = _bar(show_bar, run.steps_per_epoch, f"epoch {epoch + 1}/{cfg.epochs}")
+        timed_images = 0
+        bar = _bar(show_bar, spe, skip, f"epoch {epoch + 1}/{cfg.epochs}")
         batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, seed=cfg.seed,
                                   epoch=epoch, shuffle=True, drop_last=True, flip=cfg.flip)
-        for i, (xb, yb) in enumerate(batches):
+        halted = False
+        for i, (xb, yb) in enumerate(itertools.islice(batches, skip, None), start=skip):
             ts = time.perf_counter()
             key = jax.random.fold_in(run.key, global_step + 1)
             net, opt_state, losses = step_fn(net, opt_state, jnp.asarray(xb), jnp.asarray(yb), key)
@@ -381,26 +406,36 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
                 compile_seconds = time.perf_counter() - ts
             else:
                 timed_images += len(xb)
-            if len(pending) >= 50 or i == run.steps_per_epoch - 1:
-                sums = _check_finite(pending, sums, epoch, ckpt_path if start_epoch or epoch else None)
-                pending = []
+            last = i == spe - 1
+            halted = global_step >= stop and not last
+            ckpt_now = not last and (halted or clock.due(global_step))
+            if len(pending) >= 50 or last or ckpt_now:
+                sums = _check_finite(pending, sums, epoch, ckpt_path)
                 if bar is not None:
-                    bar.update(50 if i != run.steps_per_epoch - 1 else bar.total - bar.n)
+                    bar.update(len(pending))
                     bar.set_postfix({_loss_name(k): f"{float(v) / (i + 1):.3f}" for k, v in
                                      list(sums.items())[:3]})
+                pending = []
+            if ckpt_now:
+                save(epoch)
             if on_step is not None:
                 on_step(epoch, i)
-        jax.block_until_ready(net)
-        train_seconds = time.perf_counter() - t0
-        timed_seconds = train_seconds - (compile_seconds if epoch == start_epoch else 0.0)
+            if halted:
+                break
         if bar is not None:
             bar.close()
+        if halted:
+            log(f"stopped at step {global_step:,} (--steps {steps:,}); continue with --resume")
+            break
+        jax.block_until_ready(net)
+        train_seconds = time.perf_counter() - t0
+        timed_seconds = train_seconds - (compile_seconds if epoch == start // spe else 0.0)
         te = time.perf_counter()
         test_error = evaluate(net, data.x_test, data.y_test, cfg.eval_batch_size)
         train_error = evaluate(net, data.x_train, data.y_train, cfg.eval_batch_size) \
             if eval_train else None
         eval_seconds = time.perf_counter() - te
-        mean_losses = {_loss_name(k): float(v) / run.steps_per_epoch for k, v in sums.items()}
+        mean_losses = {_loss_name(k): float(v) / spe for k, v in sums.items()}
         train_loss = mean_losses.get(_loss_name(final_id)) if final_id else \
             float(np.mean(list(mean_losses.values())))
         row = {
@@ -411,28 +446,27 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
             "seconds": train_seconds, "eval_seconds": eval_seconds,
         }
         history.append(row)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-        checkpoint.save(ckpt_path, {**meta_fixed, "epoch": epoch + 1, "step": global_step,
-                                    "key": np.asarray(jax.random.key_data(run.key)).tolist()},
-                        (net, opt_state))
-        if True:  # one line per epoch, also under the progress bar (which is cleared)
-            log(f"epoch {epoch + 1:>4}/{cfg.epochs}  loss {train_loss:.4f}  test err "
-                f"{test_error:6.2f}%" + (f"  train err {train_error:6.2f}%" if train_error is not None
-                                         else "") +
-                (f"  {row['images_per_second']:,.0f} img/s" if row["images_per_second"] else "")
-                + f"  {train_seconds:.1f}s")
+        runs.append_metrics(out / runs.METRICS, row)
+        save(epoch + 1)
+        # one line per epoch, also under the progress bar (which is cleared)
+        log(f"epoch {epoch + 1:>4}/{cfg.epochs}  loss {train_loss:.4f}  test err "
+            f"{test_error:6.2f}%" + (f"  train err {train_error:6.2f}%" if train_error is not None
+                                     else "") +
+            (f"  {row['images_per_second']:,.0f} img/s" if row["images_per_second"] else "")
+            + f"  {train_seconds:.1f}s")
+        if global_step >= stop:
+            break
     summary = _summary(run, history, time.perf_counter() - wall0, compile_seconds)
-    _write_json(out / "summary.json", summary)
+    summary.update(steps=global_step, finished=global_step == cfg.epochs * spe)
+    runs.write_json(out / runs.SUMMARY, summary)
     return summary
 
 
-def _bar(show: bool, total: int, desc: str):
+def _bar(show: bool, total: int, initial: int, desc: str):
     if not show:
         return None
     from tqdm import tqdm
-    return tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
-
+    return tqdm(total=total, initial=initial, desc=desc, leave=False, dynamic_ncols=True)
 
 def _check_finite(pending, sums, epoch, ckpt):
     """Adds the pending steps' losses to the running sums; stops on NaN/Inf."""
@@ -448,25 +482,6 @@ def _check_finite(pending, sums, epoch, ckpt):
                     "the data for NaN/Inf")
             sums[k] = sums.get(k, 0.0) + float(v)
     return sums
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except ValueError:
-            break  # a line cut by a kill mid-write: drop it and what follows
-    return rows
-
-
-def _truncate_metrics(path: Path, epoch: int) -> None:
-    """Keeps the metrics of epochs up to the checkpoint's (a run killed after writing
-    an epoch's metrics but before its checkpoint repeats that epoch)."""
-    rows = [r for r in _read_metrics(path) if r.get("epoch", 0) <= epoch]
-    _write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
 
 
 def _summary(run: Run, history: list[dict], wall: float, compile_seconds) -> dict[str, Any]:
@@ -492,13 +507,3 @@ def _summary(run: Run, history: list[dict], wall: float, compile_seconds) -> dic
         "device": jax.devices()[0].device_kind,
         "jax": jax.__version__,
     }
-
-
-def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, obj) -> None:
-    _write_text(path, json.dumps(obj, indent=2) + "\n")
