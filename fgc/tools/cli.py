@@ -135,16 +135,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")
     t.set_defaults(fn=_cmd_train)
+    _add_set(t)
 
     from fgc.tools import bench, diagnose, plot
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
-    bench.add_arguments(sub.add_parser("bench", help="time, memory and FLOPs of each "
-                                       "algorithm's train step, with ratios to BP"))
-    diagnose.add_arguments(sub.add_parser("diagnose", help="cosine and variance of an "
-                                          "algorithm's gradient estimates against the true "
-                                          "gradient"))
+    b = sub.add_parser("bench", help="time, memory and FLOPs of each algorithm's train step, "
+                       "with ratios to BP")
+    bench.add_arguments(b)
+    _add_set(b)
+    dg = sub.add_parser("diagnose", help="cosine and variance of an algorithm's gradient "
+                        "estimates against the true gradient")
+    diagnose.add_arguments(dg)
+    _add_set(dg)
     return p
+
+
+def _add_set(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the spec's train, algorithm or group "
+                        "sections, e.g. train.optimizer.learning_rate=0.05, train.epochs=3, "
+                        "group.heads.lr_scale=0.5, algorithm.lg-fg-a.estimator.tangents=4 "
+                        "(repeatable)")
 
 
 def _positive(text: str) -> int:
@@ -170,6 +182,9 @@ def _non_negative(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "set", None):  # the commands take a loaded Program as their spec
+            from fgc.front.overrides import load
+            args.spec = load(args.spec, args.set)
         return args.fn(args)
     except FgError as e:
         print(e, file=sys.stderr)
