@@ -59,9 +59,12 @@ def _cmd_fmt(args) -> int:
 
 def _cmd_viz(args) -> int:
     from fgc.plan.program import load
-    from fgc.tools.viz import render
-    plan = load(args.spec).plan(args.algorithm)
-    render(plan, Path(args.output))
+    from fgc.tools.viz import render, write_page
+    prog = load(args.spec)
+    if Path(args.output).suffix.lower() == ".html":  # the page: every algorithm, clickable
+        write_page(prog, Path(args.output), args.algorithm)
+    else:
+        render(prog.plan(args.algorithm), Path(args.output))
     print(f"wrote {args.output}")
     return 0
 
@@ -108,10 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if a file is not canonical")
     f.set_defaults(fn=_cmd_fmt)
 
-    v = sub.add_parser("viz", help="draw the loss/perturbation graph (.dot, .svg or .png)")
+    v = sub.add_parser("viz", help="draw the loss/perturbation graph (.dot, .svg, .png, "
+                       "or .html: an interactive page of every algorithm)")
     v.add_argument("spec")
     v.add_argument("-o", "--output", required=True)
-    v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's)")
+    v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's; "
+                   "for .html the one shown first)")
     v.set_defaults(fn=_cmd_viz)
 
     t = sub.add_parser("train", help="train a spec; writes metrics.jsonl, summary.json and "
