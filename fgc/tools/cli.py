@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_cmd_train)
     _add_set(t)
 
-    from fgc.tools import bench, diagnose, plot
+    from fgc.tools import bench, diagnose, plot, reproduce
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
     b = sub.add_parser("bench", help="time, memory and FLOPs of each algorithm's train step, "
@@ -153,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "estimates against the true gradient")
     diagnose.add_arguments(dg)
     _add_set(dg)
+    reproduce.add_arguments(sub.add_parser("reproduce", help="train every row of a paper's "
+                                           "table and write it next to the paper's numbers"))
     return p
 
 
