@@ -71,16 +71,23 @@ def _cmd_viz(args) -> int:
 
 def _cmd_train(args) -> int:
     from fgc.training.train import train
+    board = None
+    if getattr(args, "tensorboard", None) is not None:
+        from fgc.tools.tensorboard import TensorBoardWriter
+        board = TensorBoardWriter(args.tensorboard or Path(args.out) / "tensorboard")
     try:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
                         batch_size=args.batch_size, seed=args.seed,
-                        eval_train=not args.no_train_error)
+                        eval_train=not args.no_train_error, on_epoch=board)
     except KeyboardInterrupt:
         print(f"interrupted; the last finished epoch's checkpoint is in {args.out}; continue "
               f"with the same command plus --resume", file=sys.stderr)
         return 130
+    finally:
+        if board is not None:
+            board.close()
     err = summary["test_error"]
     print(f"done: test error {err:.2f}% after {plural(summary['epochs'], 'epoch')}; "
           f"{Path(args.out) / 'summary.json'}")
@@ -139,6 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")
+    t.add_argument("--tensorboard", nargs="?", const="", metavar="LOGDIR",
+                   help="also write each epoch's metrics as TensorBoard event files, to "
+                   "LOGDIR (default: OUT/tensorboard); needs tensorboardX")
     t.set_defaults(fn=_cmd_train)
     _add_set(t)
 

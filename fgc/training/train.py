@@ -275,7 +275,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           tangents: int | None = None, credit: str | None = None,
           resume: bool = False, progress: bool | None = None, eval_train: bool = True,
           log: Callable[[str], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
+          on_step: Callable[[int, int], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, **overrides) -> dict[str, Any]:
     """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and a checkpoint to ``out``.
 
     Args:
@@ -291,6 +292,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
       log: where epoch lines go (default: print).
       on_step: called as ``on_step(epoch, step)`` after every step (for tests and
         tools; raising ``KeyboardInterrupt`` there stops the run like Ctrl-C).
+      on_epoch: called with each epoch's metrics row once it is written (e.g. a
+        :class:`fgc.tools.tensorboard.TensorBoardWriter`).
 
     Returns:
       The summary written to ``summary.json``.
@@ -393,6 +396,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         history.append(row)
         with open(metrics_path, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
+        if on_epoch is not None:
+            on_epoch(row)
         checkpoint.save(ckpt_path, {**meta_fixed, "epoch": epoch + 1, "step": global_step,
                                     "key": np.asarray(jax.random.key_data(run.key)).tolist()},
                         (net, opt_state))
