@@ -170,3 +170,17 @@ def test_click_a_node_and_switch_the_algorithm_in_chromium(tmp_path, monkeypatch
                             ROOT / "docs" / "figures" / "viz-page.png")
     finally:
         driver.quit()
+
+
+def test_without_graphviz_the_page_draws_itself(tmp_path, monkeypatch):
+    real = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda cmd, *a, **k: None if cmd == "dot" else real(cmd, *a, **k))
+    out = tmp_path / "g.html"
+    assert main(["viz", str(M116), "-o", str(out)]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert '"drawing":"fgc"' in page and '"drawing":"graphviz"' not in page
+    # one plan through render: a page with that algorithm only
+    one = tmp_path / "one.html"
+    viz.render(load(M116).plan("lg-bp"), one)
+    data = json.loads(re.search(r'id="fgc-data">(.*?)</script>', one.read_text(), re.S).group(1))
+    assert data["order"] == ["lg-bp"] and data["views"]["lg-bp"]["drawing"] == "fgc"
