@@ -36,7 +36,6 @@ class FgLexer(RegexLexer):
     aliases = ["fg", "fgc"]
     filenames = ["*.fg"]
     mimetypes = ["text/x-fg"]
-    url = "https://github.com/fgc/fgc/blob/main/docs/language.md"
 
     tokens = {
         "root": [
