@@ -126,7 +126,10 @@ def reproduce(table: str, *, out: str | Path, dataset: str = "mnist", epochs: in
     chosen = _rows(t, rows)
     log = log or print
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ReproduceError(f"cannot create `{out}`: {e.strerror or e}") from None
     recipe = prog.train
     results = {}
     for row in chosen:
