@@ -299,8 +299,8 @@ def _fallback_node(v: _View, n: str, x: float, y: float, esc) -> str:
             cls += " site-on" if on else " site-off"
         if v.weight_noise(n) is not None:
             stroke, sub = NOISE, sub + " · ⚡ W-noise"
-    if len(label) > 30:
-        label = label[:29] + "…"
+    if len(label) > 27:  # what fits the box at 11 px; the panel has the whole of it
+        label = label[:26] + "…"
     return (f'<g class="{cls}" data-id="{esc(n)}"><title>{esc(n)}</title>'
             f'<rect x="{x}" y="{y}" width="{W}" height="{H}" rx="6" fill="{fill}" '
             f'stroke="{stroke}"{dash}/><text x="{x + W / 2}" y="{y + 14}" text-anchor="middle" '
