@@ -428,6 +428,11 @@ def _pos(diag: Diagnostic):
     return (0, 0) if s is None else (s.line, s.column)
 
 
+def from_syntax(spec: S.SpecFile) -> Program:
+    """Builds and checks a parsed (possibly edited, e.g. by ``--set``) spec."""
+    return _program(spec)
+
+
 def loads(text: str, path: str = "<spec>") -> Program:
     """Parses and checks spec text."""
     return _program(parse(text, path))

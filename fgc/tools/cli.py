@@ -76,26 +76,36 @@ def _cmd_fmt(args) -> int:
 
 def _cmd_viz(args) -> int:
     from fgc.plan.program import load
-    from fgc.tools.viz import render
-    plan = load(args.spec).plan(args.algorithm)
-    render(plan, Path(args.output))
+    from fgc.tools.viz import render, write_page
+    prog = load(args.spec)
+    if Path(args.output).suffix.lower() == ".html":  # the page: every algorithm, clickable
+        write_page(prog, Path(args.output), args.algorithm)
+    else:
+        render(prog.plan(args.algorithm), Path(args.output))
     print(f"wrote {args.output}")
     return 0
 
 
 def _cmd_train(args) -> int:
     from fgc.training.train import train
+    board = None
+    if getattr(args, "tensorboard", None) is not None:
+        from fgc.tools.tensorboard import TensorBoardWriter
+        board = TensorBoardWriter(args.tensorboard or Path(args.out) / "tensorboard")
     try:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
                         batch_size=args.batch_size, seed=args.seed, steps=args.steps,
                         checkpoint_every=args.checkpoint_every,
-                        eval_train=not args.no_train_error)
+                        eval_train=not args.no_train_error, on_epoch=board)
     except KeyboardInterrupt:
         print(f"interrupted; the last checkpoint is in {args.out}; continue with the same "
               "command plus --resume", file=sys.stderr)
         return 130
+    finally:
+        if board is not None:
+            board.close()
     err = summary["test_error"]
     if err is None:
         print(f"stopped at step {summary['steps']:,} before the first epoch ended; "
@@ -133,10 +143,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--check", action="store_true", help="exit 1 if a file is not canonical")
     f.set_defaults(fn=_cmd_fmt)
 
-    v = sub.add_parser("viz", help="draw the loss/perturbation graph (.dot, .svg or .png)")
+    v = sub.add_parser("viz", help="draw the loss/perturbation graph (.dot, .svg, .png, "
+                       "or .html: an interactive page of every algorithm)")
     v.add_argument("spec")
     v.add_argument("-o", "--output", required=True)
-    v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's)")
+    v.add_argument("--algorithm", default=None, help="algorithm to draw (default: the spec's; "
+                   "for .html the one shown first)")
     v.set_defaults(fn=_cmd_viz)
 
     t = sub.add_parser("train", help="train a spec; writes metrics.jsonl, summary.json and "
@@ -165,19 +177,36 @@ def build_parser() -> argparse.ArgumentParser:
                    "every TIME (30s, 5m); default: every tenth of an epoch or minute")
     t.add_argument("--no-train-error", action="store_true",
                    help="skip measuring the training-set error each epoch")
+    t.add_argument("--tensorboard", nargs="?", const="", metavar="LOGDIR",
+                   help="also write each epoch's metrics as TensorBoard event files, to "
+                   "LOGDIR (default: OUT/tensorboard); needs tensorboardX")
     t.set_defaults(fn=_cmd_train)
+    _add_set(t)
 
-    from fgc.tools import bench, diagnose, plot, verify
+    from fgc.tools import bench, diagnose, plot, reproduce, verify
     verify.add_arguments(sub.add_parser("verify", help="check every parameter group's update "
                                         "against jax.grad of an independent reference"))
     plot.add_arguments(sub.add_parser("plot", help="draw test error and training loss per "
                                       "epoch of runs"))
-    bench.add_arguments(sub.add_parser("bench", help="time, memory and FLOPs of each "
-                                       "algorithm's train step, with ratios to BP"))
-    diagnose.add_arguments(sub.add_parser("diagnose", help="cosine and variance of an "
-                                          "algorithm's gradient estimates against the true "
-                                          "gradient"))
+    b = sub.add_parser("bench", help="time, memory and FLOPs of each algorithm's train step, "
+                       "with ratios to BP")
+    bench.add_arguments(b)
+    _add_set(b)
+    dg = sub.add_parser("diagnose", help="cosine and variance of an algorithm's gradient "
+                        "estimates against the true gradient")
+    diagnose.add_arguments(dg)
+    _add_set(dg)
+    reproduce.add_arguments(sub.add_parser("reproduce", help="train every row of a paper's "
+                                           "table and write it next to the paper's numbers"))
     return p
+
+
+def _add_set(parser) -> None:
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a setting of the spec's train, algorithm or group "
+                        "sections, e.g. train.optimizer.learning_rate=0.05, train.epochs=3, "
+                        "group.heads.lr_scale=0.5, algorithm.lg-fg-a.estimator.tangents=4 "
+                        "(repeatable)")
 
 
 def _positive(text: str) -> int:
@@ -203,6 +232,9 @@ def _non_negative(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "set", None):  # the commands take a loaded Program as their spec
+            from fgc.front.overrides import load
+            args.spec = load(args.spec, args.set)
         return args.fn(args)
     except FgError as e:
         print(e, file=sys.stderr)

@@ -289,7 +289,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           resume: bool = False, steps: int | None = None,
           checkpoint_every: int | str | None = None, progress: bool | None = None,
           eval_train: bool = True, log: Callable[[str], None] | None = None,
-          on_step: Callable[[int, int], None] | None = None, **overrides) -> dict[str, Any]:
+          on_step: Callable[[int, int], None] | None = None,
+          on_epoch: Callable[[dict], None] | None = None, **overrides) -> dict[str, Any]:
     """Trains a spec and writes ``metrics.jsonl``, ``summary.json`` and checkpoints to ``out``.
 
     Args:
@@ -312,6 +313,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
       log: where epoch lines go (default: print).
       on_step: called as ``on_step(epoch, step)`` after every step (for tests and
         tools; raising ``KeyboardInterrupt`` there stops the run like Ctrl-C).
+      on_epoch: called with each epoch's metrics row once it is written (e.g. a
+        :class:`fgc.tools.tensorboard.TensorBoardWriter`).
 
     Returns:
       The summary written to ``summary.json``.
@@ -447,6 +450,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         }
         history.append(row)
         runs.append_metrics(out / runs.METRICS, row)
+        if on_epoch is not None:
+            on_epoch(row)
         save(epoch + 1)
         # one line per epoch, also under the progress bar (which is cleared)
         log(f"epoch {epoch + 1:>4}/{cfg.epochs}  loss {train_loss:.4f}  test err "
