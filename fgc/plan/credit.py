@@ -141,6 +141,13 @@ def credit_map(graph: Graph, rule: str = "exact") -> CreditMap:
                      {s: frozenset(_segment_owners(graph, flow, s)) for s in sites})
 
 
+def credit_of(graph: Graph, nid: str, rule: str = "exact") -> tuple[Credit, ...]:
+    """The credit of any node's output units under ``rule`` (the map holds the sites and
+    weights; tools such as the graph page also ask about other nodes)."""
+    targets = {lid: _targets(graph, loss) for lid, loss in graph.losses.items()}
+    return _credits(graph, _gradient_graph(graph), nid, targets, rule)
+
+
 def _gradient_graph(graph: Graph) -> nx.DiGraph:
     """The edges that carry gradients and tangents (stop-gradient edges removed)."""
     flow = nx.DiGraph()

@@ -196,17 +196,19 @@ def _read_npz(
         + ")"
     )
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not hasattr(npz, "files"):  # np.load returns a bare array for .npy files
-            raise DataError(f"{path}: is a single .npy array, not an .npz archive; {fix}")
-        with npz:
-            missing = [k for k in required if k not in npz.files]
-            if missing:
-                raise DataError(
-                    f"{path}: missing key(s) {', '.join(missing)} (found: "
-                    f"{', '.join(npz.files) or 'none'}); {fix}"
-                )
-            return {k: npz[k] for k in (*required, *optional) if k in npz.files}
+        # Our own handle: numpy leaks the one it opens when the archive is damaged.
+        with open(path, "rb") as fh:
+            npz = np.load(fh, allow_pickle=False)
+            if not hasattr(npz, "files"):  # np.load returns a bare array for .npy files
+                raise DataError(f"{path}: is a single .npy array, not an .npz archive; {fix}")
+            with npz:
+                missing = [k for k in required if k not in npz.files]
+                if missing:
+                    raise DataError(
+                        f"{path}: missing key(s) {', '.join(missing)} (found: "
+                        f"{', '.join(npz.files) or 'none'}); {fix}"
+                    )
+                return {k: npz[k] for k in (*required, *optional) if k in npz.files}
     except READ_ERRORS as e:
         raise DataError(
             f"{path}: cannot be read as an .npz archive of plain arrays ({e}); "

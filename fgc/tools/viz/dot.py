@@ -355,7 +355,8 @@ def _legend(v: _View, w) -> None:
     if any(e is None for e in live):
         items.append(("site_off", dict(label="", shape="diamond", style="dashed,filled",
                                        fillcolor=OFF_FILL, color=OFF),
-                      "perturbation site, inactive under this algorithm"))
+                      "perturbation site, inactive under this algorithm"
+                      + (" or dead (its noise reaches no loss)" if any(v.site_dead(n) for n in sites) else "")))
     wn = next((v.weight_noise(n) for n in plan.assignment if v.weight_noise(n)), None)
     if wn is not None:
         items.append(("wnoise", dict(label="⚡ W-noise", color=NOISE, penwidth="3",

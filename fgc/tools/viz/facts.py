@@ -125,7 +125,10 @@ class _View:
         """The activity-noise estimator live at a perturb site, or None if the site is off.
 
         A site is live when the parameters of its block (all backbone parameters for
-        a network-level site) are learned by forward gradient with activity noise."""
+        a network-level site) are learned by forward gradient with activity noise, and
+        its noise reaches some loss (the plan's credit map); a dead site is off."""
+        if self.site_dead(nid):
+            return None
         blk = self.g.node(nid).block
         owners = [m for m in self.plan.assignment
                   if self.g.node(m).role == "op" and self.g.node(m).block == blk]
@@ -136,6 +139,10 @@ class _View:
             if e.kind == "forward" and e.perturb == "activity":
                 return e
         return None
+
+    def site_dead(self, nid: str) -> bool:
+        """Whether a site's noise reaches no loss under this plan (W601): drawn as off."""
+        return not self.plan.credit_map().sites.get(nid, (True,))
 
     def is_probe(self, loss_id: str) -> bool:
         """Whether the loss's gradient reaches no backbone parameters."""

@@ -95,13 +95,18 @@ def plan_view(plan, graphviz: bool | None = None) -> dict:
 
 # --- what the panel says -------------------------------------------------------------------
 
-def credit_lines(graph: Graph, nid: str, rule: str) -> list[str]:
+def credit_lines(plan, nid: str, rule: str) -> list[str]:
     """Which loss replicas a change at ``nid`` answers to, one line per loss it reaches.
 
-    The page's only question to the credit rules (:func:`fgc.plan.credit.credits`)."""
-    from fgc.plan.credit import credits
+    The page's only question to the credit rules: the plan's credit map for sites and
+    weights (:meth:`fgc.plan.program.Plan.credit_map`), the same rule for other nodes."""
+    from fgc.plan.credit import credit_of
+    graph = plan.graph
+    cmap = plan.credit_map(rule)
+    found = cmap.sites.get(nid, cmap.weights.get(nid))
+    credits = found if found is not None else credit_of(graph, nid, rule)
     out = []
-    for c in credits(graph, nid, rule):
+    for c in credits:
         loss = graph.losses[c.loss]
         parts = ["its own example" if c.examples else "every example (batch statistics)"]
         if "patches" in loss.replicate:
@@ -144,12 +149,13 @@ def _op_info(v: _View, n: str) -> dict:
     if d.kind == "perturb":
         site = v.site_noise(n)
         info["site"] = (f"activity noise ({_noise(site)}) enters here" if site is not None
-                        else "inactive under this algorithm")
+                        else "dead: its noise reaches no loss under this algorithm (W601)"
+                        if v.site_dead(n) else "inactive under this algorithm")
     wn = v.weight_noise(n)
     if wn is not None:
         info["site"] = f"its weights are perturbed ({_noise(wn)})"
     if d.role == "op":
-        lines = credit_lines(g, n, est.credit if est is not None else "exact")
+        lines = credit_lines(v.plan, n, est.credit if est is not None else "exact")
         info["losses"] = [line.split(":", 1)[0] for line in lines]
         if est is not None and est.kind == "forward":
             info["credit"] = lines
