@@ -22,9 +22,13 @@ TEXTMATE = ROOT / "editors" / "fg.tmLanguage.json"
 
 
 def grammar_keywords() -> set[str]:
-    """Every quoted word of grammar/fg.lark: the language's keywords."""
+    """Every quoted word of grammar/fg.lark, and the words of its keyword terminals
+    (written as regexes that end at a word boundary): the language's keywords."""
     text = (ROOT / "grammar" / "fg.lark").read_text(encoding="utf-8")
-    return set(re.findall(r'"([a-z]+)"', text))
+    words = set(re.findall(r'"([a-z]+)"', text))
+    for alts in re.findall(r"/\(?([a-z|]+)\)?\(\?!", text):
+        words |= set(alts.split("|"))
+    return words
 
 
 def test_keywords_are_the_grammars():

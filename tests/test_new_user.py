@@ -184,7 +184,8 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
                           *[str(spec)] * 50], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                          env={**os.environ, "PYTHONPATH": str(ROOT)})
     p.stdout.close()  # the reader is gone before anything was written
-    err = p.stderr.read().decode()
+    with p.stderr:
+        err = p.stderr.read().decode()
     p.wait(timeout=120)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert p.returncode == 141

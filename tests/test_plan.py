@@ -123,7 +123,7 @@ def test_batchnorm_state_trains_evaluates_and_checkpoints(tmp_path):
         one = np.asarray(net(xb[:1]))
         np.testing.assert_allclose(one, np.asarray(net(xb))[:1], rtol=1e-5, atol=1e-6)
         path = tmp_path / f"{algo}.eqx"
-        checkpoint.save(path, {"epoch": 1}, (net, opt))
+        checkpoint.save(path, {"epoch": 1, "step": 2}, (net, opt))
         _, (back, _) = checkpoint.load(path, run.init_state())
         np.testing.assert_array_equal(back.layers["layer.1/batchnorm.1"].stats.var, after.var)
 

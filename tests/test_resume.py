@@ -192,7 +192,8 @@ def test_kill_9_campaign(spec_path, full, tmp_path):
         time.sleep(rng.uniform(0, 0.03))
         p.send_signal(signal.SIGKILL)
         p.wait()
-        assert p.returncode == -signal.SIGKILL, p.stderr.read()
+        with p.stdout, p.stderr:  # closed, so no ResourceWarning (the suite makes them errors)
+            assert p.returncode == -signal.SIGKILL, p.stderr.read()
         kept.append(_newest_step(out))
     assert sum(1 for k in kept if k is None or k < STEPS_PER_EPOCH) >= 2, kept
     p = _worker(spec_path, out, "1", tmp_path)

@@ -142,11 +142,12 @@ def reproduce(table: str, *, out: str | Path, dataset: str = "mnist", epochs: in
         if summary is not None:
             log(f"fgc reproduce: {row.label}: kept the finished run in {run_dir}")
         else:
-            resume = (run_dir / "checkpoint.eqx").exists()
+            # Anything of a run there (its run.json, a checkpoint) is continued.
+            resume = run_dir.is_dir() and any(run_dir.iterdir())
             log(f"fgc reproduce: {row.label}: {'resuming' if resume else 'training'} "
                 f"{row.algorithm} into {run_dir}")
             run_dir.mkdir(parents=True, exist_ok=True)
-            _write_json(run_dir / "reproduce.json", settings)
+            _write_json(_settings_file(run_dir), settings)
             t0 = time.perf_counter()
             summary = train(prog, out=run_dir, algorithm=row.algorithm, dataset=dataset,
                             data_dir=data_dir, epochs=epochs, resume=resume, log=log,
@@ -183,11 +184,17 @@ def _rows(t: Table, names: list[str] | None) -> list[Row]:
     return out
 
 
+def _settings_file(run_dir: Path) -> Path:
+    """Where a row's settings are kept: beside its run folder, which holds fgc train's
+    files only (train refuses a folder of other files)."""
+    return run_dir.parent / f"{run_dir.name}.reproduce.json"
+
+
 def _finished(run_dir: Path, settings: dict) -> dict | None:
     """The summary of a finished run with these settings; None when there is none yet.
 
     Raises ReproduceError when the folder holds a run with other settings."""
-    mine = run_dir / "reproduce.json"
+    mine = _settings_file(run_dir)
     if not run_dir.exists() or not any(run_dir.iterdir()):
         return None
     try:
