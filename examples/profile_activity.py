@@ -29,7 +29,7 @@ import numpy as np
 
 import fgc
 from fgc.learning.estimators import UpdateRule, sample_noise
-from fgc.lowering.lower import lower
+from fgc.lowering.lower import lower, trainable
 
 
 def main():
@@ -72,8 +72,12 @@ def main():
             traced[name] = op_times(jax.jit(lambda n, x, y, r=rule: r.estimate(n, x, y, key).grads),
                                     net, x, y)
 
-    act = next(p for p in rule.passes if p.kind == "activity")
-    params, static = eqx.partition(net, eqx.is_array)
+    act = next(p for p in rule.passes if p.name == "forward-activity")
+    params, static = eqx.partition(net, trainable(net))
+    cut = {s.site for s in act.sites}
+
+    def at_sites(step, apply, args):  # the activity rule's cut: no gradient into a site
+        return apply(jax.lax.stop_gradient(args[0])) if step.id in cut else apply(*args)
     zeros = {s.site: jnp.zeros((b, *s.shape)) for s in act.sites}
     z = {s.site: jnp.ones((b, *s.shape)) for s in act.sites}
 
@@ -81,7 +85,7 @@ def main():
         return eqx.combine(p, static).forward(x, y).losses
 
     def cut_forward(p, x, y):
-        return eqx.combine(p, static).forward(x, y, cut_sites=True).losses
+        return eqx.combine(p, static).forward(x, y, intercept=at_sites).losses
 
     def jvp(p, x, y, z):
         n = eqx.combine(p, static)

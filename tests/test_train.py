@@ -18,34 +18,9 @@ from fgc.front.config import Call
 from fgc.training.data import synthetic_dataset
 from fgc.errors import CheckpointError, TrainingError
 from fgc.training.train import make_step, prepare, train
+from specs import local_mixer
 
-SPEC = """
-# A miniature LocalMixer for training tests.
-spec "tiny trainer"
-input x = image(8, 8, 1), classes = 4
-
-block stem(width, groups) {
-  h = in | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
-}
-
-block mixer(width, groups) {
-  t = in | token_mix | layernorm | perturb | relu
-  h = t | dense(width) | layernorm | perturb | relu
-  out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb
-        | add(in) | relu
-}
-
-head local_head(groups) = layernorm(groups = groups) | mean(patches) | linear(classes)
-head readout = mean(patches) | layernorm | linear(classes, init = zeros)
-
-network {
-  out x | patchify(2) | stem(16, 2) | mixer(16, 2)
-}
-
-loss local = local_head(2) on blocks, replicate = [patches, groups], groups = 2
-loss final = readout on output
-
+SPEC = local_mixer("tiny trainer", width=16) + """
 train {
   batch_size = 32
   epochs = 2

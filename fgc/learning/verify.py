@@ -118,6 +118,19 @@ def _batch(plan, batch_size: int, seed: int):
     return x, y
 
 
+def _without_zero_weights(net, seed: int):
+    """The network with zero-initialised weights (a readout with ``init = zeros``) drawn
+    small and random instead: at such a point a global target's gradient on the backbone
+    is exactly zero, and a check of it would pass without testing anything."""
+    params, static = eqx.partition(net, trainable(net))
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    keys = jax.random.split(jax.random.key(seed + 3), max(len(leaves), 1))
+    fixed = [0.1 * jax.random.normal(k, a.shape, a.dtype)
+             if getattr(path[-1], "name", None) == "weight" and not bool(jnp.any(a)) else a
+             for k, (path, a) in zip(keys, leaves)]
+    return eqx.combine(jax.tree_util.tree_unflatten(treedef, fixed), static)
+
+
 def _by_node(tree) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {}
     for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
@@ -127,8 +140,10 @@ def _by_node(tree) -> dict[str, list[np.ndarray]]:
 
 def _moments(rule: UpdateRule, net, x, y, samples: int, seed: int, chunk: int):
     """Sum and sum of squares of ``samples`` estimates, node → flat arrays."""
-    @jax.jit
-    def draw(keys):
+    # The network and batch are arguments, not constants closed over: XLA would
+    # otherwise constant-fold through the weights (minutes at 17M parameters).
+    @eqx.filter_jit
+    def draw(net, x, y, keys):
         g = jax.vmap(lambda k: rule.estimate(net, x, y, k).grads)(keys)
         return (jax.tree_util.tree_map(lambda a: a.sum(0), g),
                 jax.tree_util.tree_map(lambda a: (a * a).sum(0), g))
@@ -136,7 +151,7 @@ def _moments(rule: UpdateRule, net, x, y, samples: int, seed: int, chunk: int):
     keys = jax.random.split(jax.random.key(seed + 1), samples)
     total = total_sq = None
     for i in range(0, samples, chunk):  # samples is a multiple of chunk: one compilation
-        s, q = draw(keys[i:i + chunk])
+        s, q = draw(net, x, y, keys[i:i + chunk])
         s, q = _by_node(s), _by_node(q)
         total = s if total is None else {k: total[k] + s[k] for k in s}
         total_sq = q if total_sq is None else {k: total_sq[k] + q[k] for k in q}
@@ -157,7 +172,8 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
     """
     t0 = time.perf_counter()
     with jax.enable_x64(True):
-        net = lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False)
+        net = _without_zero_weights(
+            lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False), seed)
         x, y = _batch(plan, batch_size, seed)
         rule = UpdateRule.build(plan)
         est_of = dict(rule.estimator_of)

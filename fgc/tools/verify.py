@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fgc.errors import FgError, SpecError
+from fgc.tools.common import int_at_least
 
 
 class VerifyError(FgError):
@@ -44,27 +45,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: the spec's, else every algorithm that applies)")
     p.add_argument("--credit", choices=("exact", "ignore_norm"),
                    help="credit rule of the forward-gradient estimators (default: the algorithm's)")
-    p.add_argument("--tangents", type=_positive, help="tangents per estimate (default: the "
+    p.add_argument("--tangents", type=int_at_least(1), help="tangents per estimate (default: the "
                    "algorithm's)")
-    p.add_argument("--samples", type=_positive, default=1000,
+    p.add_argument("--samples", type=int_at_least(1), default=1000,
                    help="estimates averaged per check (default 1000)")
-    p.add_argument("--batch-size", type=_positive, default=4,
+    p.add_argument("--batch-size", type=int_at_least(1), default=4,
                    help="examples in the random batch (default 4)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--alpha", type=float, default=1e-6,
                    help="family-wise false-alarm rate of the z bound (default 1e-6)")
     p.add_argument("--json", help="also write the reports to this file")
     p.set_defaults(fn=run)
-
-
-def _positive(text: str) -> int:
-    try:
-        n = int(text)
-    except ValueError:
-        n = 0
-    if n < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
-    return n
 
 
 def run(args) -> int:
