@@ -1,8 +1,8 @@
 """Elaboration: a syntax tree becomes a graph IR.
 
-Constants are evaluated, blocks are instantiated (``mixer(C, G) * 3`` gives
+Constants are evaluated (:mod:`fgc.graph.values`), blocks are instantiated (``mixer(C, G) * 3`` gives
 ``mixer.1``..``mixer.3``), pipes are expanded into op nodes and losses get their
-head ops. Every problem is recorded as a diagnostic and elaboration carries on,
+head ops (:mod:`fgc.graph.losses`). Every problem is recorded as a diagnostic and elaboration carries on,
 so that the user sees all of them at once.
 """
 
@@ -14,9 +14,11 @@ from dataclasses import dataclass, field
 import networkx as nx
 
 from fgc.front import syntax as S
-from fgc.errors import Diagnostic, Span, plural
-from fgc.graph.ir import EdgeData, Graph, LossInfo, NodeData
-from fgc.graph.ops import OPS, REQUIRED, LOSS_KINDS, REPLICATE_AXES
+from fgc.errors import Diagnostic, Span
+from fgc.graph.ir import EdgeData, Graph, NodeData
+from fgc.graph.ops import OPS, REQUIRED
+from fgc.graph.losses import LossElaboration
+from fgc.graph.values import ValueElaboration
 
 RESERVED_VALUES = ("in", "output", "blocks")
 MAX_INT = 10 ** 100  # larger results of arithmetic are typos (and unprintable past 4300 digits)
@@ -59,7 +61,7 @@ class _Scope:
 
 
 @dataclass
-class Builder:
+class Builder(ValueElaboration, LossElaboration):
     spec: S.SpecFile
     diags: Diags = field(default_factory=Diags)
 
@@ -139,53 +141,6 @@ class Builder:
                 self.consts[c.name] = None
 
     # --- values ---------------------------------------------------------------------
-    def eval(self, v: S.Value, env: dict, what: str = "value"):
-        """Evaluates a constant expression: numbers, names, lists, calls (kept symbolic)."""
-        if isinstance(v, (S.Number, S.String, S.Bool)):
-            return v.value
-        if isinstance(v, S.Name):
-            if v.id in env:
-                if env[v.id] is None:
-                    raise _Skip
-                return env[v.id]
-            return _Symbol(v.id, v.span)
-        if isinstance(v, S.List):
-            return [self.eval(x, env) for x in v.items]
-        if isinstance(v, S.Call):
-            return _Symbol(v.func, v.span, [self.eval(a, env) for a in v.args],
-                           {k.name: self.eval(k.value, env) for k in v.kwargs})
-        if isinstance(v, S.BinOp):
-            a, b = self.eval(v.left, env), self.eval(v.right, env)
-            for side, x in ((v.left, a), (v.right, b)):
-                if not isinstance(x, (int, float)) or isinstance(x, bool):
-                    self._unknown_or_type(side, x, env, "arithmetic needs numbers")
-                    raise _Skip
-            if v.op in "+*":
-                r = a + b if v.op == "+" else a * b
-                if isinstance(r, int) and abs(r) > MAX_INT:
-                    self.diags.add("E202", f"the result has {len(str(abs(r)))} digits, too many",
-                                   v.span, "is an operand a typo?")
-                    raise _Skip
-                return r
-            if b == 0:
-                self.diags.add("E202", "division by zero", v.span)
-                raise _Skip
-            if isinstance(a, int) and isinstance(b, int):
-                if a % b:
-                    self.diags.add("E202", f"{a} / {b} is not a whole number", v.span,
-                                   "widths and counts must divide exactly")
-                    raise _Skip
-                return a // b
-            return a / b
-        raise _Skip  # pragma: no cover
-
-    def _unknown_or_type(self, node, val, env, msg):
-        if isinstance(val, _Symbol) and not val.args and not val.kwargs:
-            self.diags.add("E201", f"unknown name `{val.name}`", node.span, suggest(val.name, env))
-        else:
-            self.diags.add("E206", msg, node.span)
-
-    # --- input ------------------------------------------------------------------------
     def _input(self, d: S.InputDecl):
         kind = d.kind
         dims = []
@@ -340,29 +295,6 @@ class Builder:
                 return None
         return cur
 
-    def _lint(self, st, env: dict, values=()) -> None:
-        """Checks names and arguments of a stage that cannot be elaborated (its input
-        failed), so that its own mistakes are reported in the same run."""
-        if isinstance(st, S.Repeat):
-            st = st.stage
-        name = st_name(st)
-        args = st.args if isinstance(st, S.Call) else ()
-        kwargs = st.kwargs if isinstance(st, S.Call) else ()
-        if name in self.heads or name in values:
-            return  # misuse, but only reported on elaborated pipes (E113, E116)
-        if name in self.blocks:
-            self.used_defs.add(name)
-            sig = tuple(_block_arg(p) for p in self.blocks[name].params)
-        elif name in OPS:
-            sig = OPS[name].args
-            if OPS[name].arity == 2:
-                args = args[1:]
-        else:
-            self.diags.add("E201", f"unknown op or block `{name}`", st.span,
-                           suggest(name, list(OPS) + list(self.blocks)))
-            return
-        self._bind(name, sig, args, kwargs, env, st.span)
-
     def _stage(self, st, cur: str, scope: _Scope) -> str | None:
         count = 1
         if isinstance(st, S.Repeat):
@@ -435,66 +367,6 @@ class Builder:
             self.graph.add_edge(src, nid, EdgeData(port))
         return nid
 
-    def _bind(self, fname, sig, args, kwargs, env, span) -> dict | None:
-        out, ok = {}, True
-        if len(args) > len(sig):
-            takes = f"at most {plural(len(sig), 'positional argument')}" if sig \
-                else "no positional arguments"
-            self.diags.add("E205", f"`{fname}` takes {takes}, got {len(args)}", span,
-                           _sig_hint(fname, sig))
-            return None
-        for a, v in zip(sig, args):
-            out[a.name] = (v, a)
-        names = [a.name for a in sig]
-        for kw in kwargs:
-            if kw.name not in names:
-                self.diags.add("E203", f"`{fname}` has no argument `{kw.name}`", kw.span,
-                               suggest(kw.name, names) or _sig_hint(fname, sig))
-                ok = False
-                continue
-            if kw.name in out:
-                self.diags.add("E205", f"argument `{kw.name}` of `{fname}` given twice", kw.span)
-                ok = False
-                continue
-            out[kw.name] = (kw.value, next(a for a in sig if a.name == kw.name))
-        attrs = {}
-        for a in sig:
-            if a.name not in out:
-                if a.default is REQUIRED:
-                    self.diags.add("E204", f"`{fname}` needs argument `{a.name}`", span,
-                                   _sig_hint(fname, sig))
-                    ok = False
-                else:
-                    attrs[a.name] = a.default
-                continue
-            node, _ = out[a.name]
-            try:
-                val = self.eval(node, env)
-            except _Skip:
-                ok = False
-                continue
-            if isinstance(val, _Symbol) and not val.args and a.kind is str:
-                val = val.name
-            if isinstance(val, _Symbol) and not val.args and not val.kwargs:
-                self.diags.add("E201", f"unknown name `{val.name}`", node.span, suggest(val.name, env))
-                ok = False
-                continue
-            kinds = a.kind if isinstance(a.kind, tuple) else (a.kind,)
-            if isinstance(val, bool) and bool not in kinds or not isinstance(val, kinds):
-                want = "/".join(k.__name__ for k in kinds)
-                self.diags.add("E206", f"argument `{a.name}` of `{fname}` must be {want}, got {val!r}",
-                               node.span, _sig_hint(fname, sig))
-                ok = False
-                continue
-            if a.choices and val not in a.choices:
-                self.diags.add("E207", f"argument `{a.name}` of `{fname}` must be one of "
-                               f"{', '.join(map(str, a.choices))}, got {val!r}", node.span,
-                               suggest(str(val), map(str, a.choices)))
-                ok = False
-                continue
-            attrs[a.name] = val
-        return attrs if ok else None
-
     def _block(self, bd: S.BlockDef, call, cur: str, outer: _Scope) -> str | None:
         args = call.args if isinstance(call, S.Call) else ()
         kwargs = call.kwargs if isinstance(call, S.Call) else ()
@@ -512,138 +384,6 @@ class Builder:
         return out
 
     # --- losses -------------------------------------------------------------------
-    def _loss(self, d: S.LossDecl):
-        hname = st_name(d.head)
-        if hname not in self.heads:
-            self.diags.add("E201", f"unknown head `{hname}`", d.head.span,
-                           suggest(hname, self.heads) or "define it with `head NAME = ...`")
-            return
-        self.used_defs.add(hname)
-        hd = self.heads[hname]
-        opts = {}
-        allowed = ("replicate", "groups", "kind")
-        for o in d.options:
-            if o.name not in allowed:
-                self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
-                               suggest(o.name, allowed) or f"options: {', '.join(allowed)}")
-                continue
-            if o.name in opts:
-                self.diags.add("E101", f"`{o.name}` is given twice", o.span, "give it once")
-                return
-            try:
-                opts[o.name] = self.eval(o.value, self.consts)
-            except _Skip:
-                return
-        where = {o.name: o.value.span for o in d.options}  # point at the bad option
-        kind = opts.get("kind", _Symbol("xent", None))
-        kind = kind.name if isinstance(kind, _Symbol) else kind
-        if kind not in LOSS_KINDS:
-            self.diags.add("E207", f"unknown loss kind `{kind}`", where.get("kind", d.span),
-                           f"supported: {', '.join(LOSS_KINDS)}")
-            return
-        rep = opts.get("replicate", [])
-        rep = rep if isinstance(rep, list) else [rep]
-        axes = []
-        for r in rep:
-            rn = r.name if isinstance(r, _Symbol) else r
-            if rn not in REPLICATE_AXES:
-                self.diags.add("E207", f"cannot replicate over `{rn}`", where.get("replicate", d.span),
-                               suggest(str(rn), REPLICATE_AXES) or "use [patches], [groups] or [patches, groups]")
-                return
-            if rn in axes:
-                self.diags.add("E101", f"`{rn}` is listed twice in `replicate`",
-                               where.get("replicate", d.span))
-                return
-            axes.append(rn)
-        groups = opts.get("groups", 1)
-        if "groups" in axes and "groups" not in opts:
-            self.diags.add("E204", "replicating over groups needs `groups = G`", d.span,
-                           "add `, groups = G` with the block's group count")
-            return
-        if not isinstance(groups, int) or groups < 1:
-            self.diags.add("E206", "`groups` must be a positive integer", where.get("groups", d.span))
-            return
-        targets = self._targets(d.target)
-        if not targets:
-            for st in hd.pipe.stages:
-                self._lint(st, {**self.consts, **{p: 1 for p in hd.params}})
-            return
-        # Bind the head's parameters once per loss.
-        hsig = tuple(_block_arg(p) for p in hd.params)
-        hargs = d.head.args if isinstance(d.head, S.Call) else ()
-        hkw = d.head.kwargs if isinstance(d.head, S.Call) else ()
-        bound = self._bind(hname, hsig, hargs, hkw, self.consts, d.head.span)
-        if bound is None:
-            return
-        for where, src in targets:
-            lid = f"loss:{d.name}@{where}"
-            if lid in self.graph.losses:
-                self.diags.add("E101", f"loss `{d.name}` attached twice to `{where}`", d.span)
-                continue
-            scope = _Scope({**self.consts, **bound}, {"in": src}, lid,
-                           self.graph.node(src).block, self.graph.node(src).block_def)
-            cur = src
-            nodes = []
-            for st in hd.pipe.stages:
-                if isinstance(st, S.Repeat) or st_name(st) not in OPS:
-                    self.diags.add("E117", f"heads are made of ops; `{st_name(st)}` is not an op",
-                                   st.span, suggest(st_name(st), OPS))
-                    cur = None
-                    break
-                cur = self._op(st, cur, scope, role="head", loss=lid)
-                if cur is None:
-                    break
-                nodes.append(cur)
-            if cur is None:
-                continue
-            self.graph.add_node(lid, NodeData("loss", "loss", {"kind": kind, "name": d.name},
-                                              scope.block, scope.block_def, lid, span=d.span))
-            self.graph.add_edge(cur, lid, EdgeData(0))
-            self.graph.losses[lid] = LossInfo(lid, d.name, kind, src, nodes,
-                                              where == "output",
-                                              tuple(axes), groups, span=d.span)
-
-    def _targets(self, v: S.Value):
-        items = v.items if isinstance(v, S.List) else (v,)
-        out = []
-        insts = self.graph.meta["blocks"]
-        for it in items:
-            if not isinstance(it, S.Name):
-                self.diags.add("E206", "a loss attaches to a name: `blocks`, `output`, a block "
-                               "or a network value", it.span)
-                return None
-            n = it.id
-            if n == "blocks":
-                if not insts:
-                    self.diags.add("E118", "`on blocks` but the network has no blocks", it.span)
-                    return None
-                out += [(b, self._block_out(b)) for b in insts]
-            elif n == "output":
-                if self.graph.meta.get("output"):
-                    out.append(("output", self.graph.meta["output"]))
-            elif n in self.blocks:
-                bs = [b for b in insts if b.rsplit(".", 1)[0] == n]
-                out += [(b, self._block_out(b)) for b in bs]
-            elif n == self.graph.node("input").attrs.get("name"):
-                self.diags.add("E206", f"a loss cannot attach to the input `{n}`", it.span,
-                               "a head learns from features the network computes; attach it to "
-                               "`output`, `blocks`, a block name or a network value")
-                return None
-            elif n in self.net_values:
-                out.append((n, self.net_values[n]))
-            else:
-                inp = self.graph.node("input").attrs.get("name")
-                values = [v for v in self.net_values if v != inp]
-                self.diags.add("E201", f"unknown loss target `{n}`", it.span,
-                               suggest(n, ["blocks", "output", *self.blocks, *values])
-                               or "attach to `blocks`, `output`, a block name or a network value")
-                return None
-        return [(w, s) for w, s in out if s is not None]
-
-    def _block_out(self, inst: str) -> str | None:
-        return self.graph.meta.get("block_outputs", {}).get(inst)
-
-
 @dataclass(frozen=True)
 class _Symbol:
     """A name or call that is not a number: an enum-like word (`patches`, `zeros`)."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from fgc.graph.ir import Graph
-from fgc.graph.ops import OPS, ShapeError, group_count
+from fgc.graph.ops import OPS, ShapeError
 
 
 def infer_shapes(graph: Graph, diags) -> None:
