@@ -131,3 +131,15 @@ def test_batchnorm_state_trains_evaluates_and_checkpoints(tmp_path):
 def _dataset(x, y):
     from fgc.training.data import Dataset
     return Dataset("tiny", x, y, x, y, 3, (0.5,), (0.25,), "generated")
+
+
+def test_check_prints_the_plans_warnings_and_the_credit_map(tmp_path, capsys):
+    from fgc.tools.cli import main
+    path = tmp_path / "w.fg"
+    path.write_text(_mlp("layer(8) | stopgrad | layer(8)", extra="train {\n  algorithm = fg-a\n}\n"))
+    assert main(["check", str(path)]) == 0  # warnings do not fail the check
+    err = capsys.readouterr().err
+    assert f"{path}:3:" in err and "warning[W601]" in err and "warning[W602]" in err
+    assert main(["check", "--credit", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "layer.2/perturb.2" in out and "dead sites (noise reaches no loss): layer.1/perturb.2" in out
