@@ -36,7 +36,6 @@ Example:
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable, ClassVar
 
@@ -267,8 +266,3 @@ class UpdateRule:
         grads = jax.tree_util.tree_map_with_path(
             lambda path, gr: gr / shared[node_of(path)] if node_of(path) in shared else gr, grads)
         return Estimate(grads, loss_means(losses), state)
-
-
-def replicas(losses: dict[str, Array]) -> dict[str, int]:
-    """Loss id → replica count of each example (1 for a plain loss)."""
-    return {lid: math.prod(l.shape[1:]) for lid, l in losses.items()}
