@@ -137,9 +137,9 @@ def test_verify_cli(tmp_path, capsys):
 
 def test_weight_perturbation_gives_heads_their_exact_gradient():
     """Heads (and backprop groups) get their exact gradient in the weight-perturbation
-    pass. A reverse pass around its jvp differentiated the fused loss's primal, where
-    every replica sees all of h: head parameters before the mean got P·G times their
-    gradient (found by the gradient oracle)."""
+    pass, from the reverse pass around its jvp. That pass differentiated the fused
+    loss's primal output as a plain broadcast, where every replica sees all of h: head
+    parameters before the mean got P·G times their gradient (found by the oracle)."""
     report = verify_plan(_plan(HEAD_PARAMS, "lg-fg-w"), samples=2000)
     assert report.ok, report.format()
     head = next(l for l in report.layers if l.node == "loss:local@b.1/group_linear.1")

@@ -102,8 +102,8 @@ class WeightPerturbation(PassRule):
         return cls(estimator, nodes, tuple(slices))
 
     def exact_for(self, plan, candidates):
-        # Its plain reverse pass over the unperturbed network gives every other
-        # parameter's exact gradient.
+        # The reverse pass around its jvp runs through the unperturbed network: every
+        # other parameter's exact gradient comes at no extra forward.
         return candidates
 
     def run(self, params, static, x, labels, key):
@@ -117,24 +117,24 @@ class WeightPerturbation(PassRule):
         v = jax.tree_util.tree_unflatten(treedef, [
             sample_noise(est.noise, k, (k_tan, *a.shape), a.dtype) for k, a in zip(keys, leaves)])
 
-        def run(pf_):
-            out = eqx.combine(pf_, po, static).forward(x, labels)
-            return out.losses, (out.losses, out.state)
-
-        def one(t):
-            _, dl, aux = jax.jvp(run, (pf,), (t,), has_aux=True)
-            return dl, aux
-
-        dls, (losses, state) = _over_tangents(one, v)
-
-        # Every other parameter's exact gradient, from a plain forward. Not by a reverse
-        # pass around the jvp: that would differentiate the fused replicated loss's
-        # primal output, where each replica sees all of h (P·G times the gradient on
-        # pre-mean heads and backprop groups; found by the gradient oracle).
+        # One reverse pass around the jvp gives every other parameter (heads, backprop
+        # groups) its exact gradient from the same forward; the fused replicated loss
+        # differentiates its primal output with the replicas' masks there too
+        # (fgc.lowering.replicated._fused_jvp).
         def f(po_):
-            return objective(eqx.combine(pf, po_, static).forward(x, labels).losses)
+            def run(pf_):
+                out = eqx.combine(pf_, po_, static).forward(x, labels)
+                return out.losses, (out.losses, out.state)
 
-        g_other = jax.grad(f)(po)
+            def one(t):
+                _, dl, aux = jax.jvp(run, (pf,), (t,), has_aux=True)
+                return dl, aux
+
+            dls, (losses, state) = _over_tangents(one, v)
+            return objective(losses), (dls, losses, state)
+
+        _, pull, (dls, losses, state) = jax.vjp(f, po, has_aux=True)
+        (g_other,) = pull(jnp.ones((), jnp.result_type(float)))
         batch = x.shape[0]
         rules = {r.node: r for r in self.slices}
 

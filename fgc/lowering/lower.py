@@ -20,7 +20,7 @@ Example:
     >>> out = net.forward(images, labels)         # losses, logits, sites   doctest: +SKIP
 """
 # Design notes.
-# - One interpreter (`Network._run`) walks the steps; the plan only changes which
+# - One interpreter (`Network.run`) walks the steps; the plan only changes which
 #   edges stop gradients, so every algorithm shares the same code path.
 # - Replicated losses are not built from their head ops: the value before the
 #   head's `mean` goes to `fgc.lowering.replicated.replicated_xent` with the `linear`

@@ -103,7 +103,6 @@ def _fused_jvp(groups, primals, tangents):
     # linear (transposed) part of the computation.
     hbar = jnp.mean(h, axis=1)                                   # [B, C]
     logits = hbar @ w + b[None]                                  # [B, K]
-    loss = xent(logits, labels)
     r = jax.nn.softmax(logits, axis=-1) - jax.nn.one_hot(labels, k, dtype=logits.dtype)
     gl = (r @ w.T) / p                                           # [B, C] = dL/dh[n, p, :]
 
@@ -126,7 +125,11 @@ def _fused_jvp(groups, primals, tangents):
     dlogits = hbar @ dw + db[None]                               # [B, K]
     dh_par = jnp.sum(dlogits * r, axis=-1)                       # [B]
 
-    out = jnp.broadcast_to(loss[:, None, None], (bsz, p, groups))
+    # The primal output through the custom rule itself, not as a plain broadcast: a
+    # reverse pass around this jvp (weight perturbation's exact gradients for heads
+    # and backprop groups) then differentiates it with the replicas' masks, where a
+    # plain broadcast would hand each replica all of h (P·G times the gradient).
+    out = _fused(groups, h, w, b, labels)
     dout = (dh_h + dh_par[:, None, None]).astype(out.dtype)
     return out, dout
 
