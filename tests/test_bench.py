@@ -57,7 +57,8 @@ def bench_run(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "bench.json"
     args = parser().parse_args([str(spec), "--algorithms", ",".join(ALGORITHMS),
                                 "--batch-size", "8", "--steps", "2", "--warmup", "1",
-                                "--json", str(out)])
+                                "--json", str(out), "--profile", str(out.parent / "prof"),
+                                "--profile-steps", "2"])
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
         status = args.fn(args)
@@ -200,3 +201,48 @@ def test_every_spec_in_the_corpus_benches_every_preset(path):
     the corpus, all seven algorithms (timing them all here would take minutes per spec)."""
     names, skipped = supported_algorithms(path)
     assert names == list(fgc.presets()) and skipped == {}
+
+
+def test_profile_traces_each_algorithm(bench_run):
+    """`--profile DIR`: a Chrome trace per algorithm under DIR/ALGORITHM/, summarised in
+    the JSON (the annotated steps, XLA's busy time within them) and in the report."""
+    status, stdout, _, result = bench_run
+    for r in result["algorithms"]:
+        prof = r["profile"]
+        trace = Path(prof["trace"])
+        assert trace.is_file() and trace.name.endswith(".trace.json.gz")
+        assert trace.is_relative_to(Path(prof["dir"])) and Path(prof["dir"]).name == r["algorithm"]
+        s = prof["summary"]
+        assert s["steps"] == 2
+        assert 0 < s["xla_ms"] <= s["step_ms"] and s["host_ms"] >= 0
+        assert s["ops"] and all(op["ms"] > 0 for op in s["ops"])
+        assert f"profile of {r['algorithm']}: {prof['trace']}" in stdout
+
+
+def test_profile_summary_counts_overlapping_threads_once(tmp_path):
+    """Busy time is the union of XLA threads' intervals inside annotated steps; events
+    outside the steps and on the Python thread do not count."""
+    import gzip
+
+    from fgc.tools.bench.profile import STEP, summarise
+    meta = [{"ph": "M", "name": "thread_name", "pid": 1, "tid": t, "args": {"name": n}}
+            for t, n in ((1, "python"), (2, "xla-a"), (3, "xla-b"))]
+    spans = [{"ph": "X", "pid": 1, "tid": 1, "name": STEP, "ts": 0, "dur": 1000},
+             {"ph": "X", "pid": 1, "tid": 1, "name": "dispatch", "ts": 0, "dur": 900},
+             {"ph": "X", "pid": 1, "tid": 2, "name": "dot", "ts": 100, "dur": 400},
+             {"ph": "X", "pid": 1, "tid": 3, "name": "fusion", "ts": 300, "dur": 300},
+             {"ph": "X", "pid": 1, "tid": 2, "name": "dot", "ts": 5000, "dur": 400}]
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as f:
+        json.dump({"traceEvents": meta + spans}, f)
+    s = summarise(path)
+    assert s["steps"] == 1 and s["step_ms"] == 1.0
+    assert s["xla_ms"] == pytest.approx(0.5) and s["host_ms"] == pytest.approx(0.5)
+    assert [(o["name"], o["ms"], o["count"]) for o in s["ops"]] == [("dot", 0.4, 1), ("fusion", 0.3, 1)]
+
+
+def test_profile_dir_that_is_a_file(spec, tmp_path):
+    f = tmp_path / "a-file"
+    f.write_text("x")
+    with pytest.raises(BenchError, match="it is a file; give a folder"):
+        bench_spec(spec, ["bp"], batch_size=2, steps=1, warmup=0, profile_dir=f)

@@ -38,6 +38,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--naive-limit-gib", type=float, default=NAIVE_LIMIT_BYTES / 2**30,
                         metavar="GIB", help="run the naive replicated loss only when XLA "
                         "says it needs at most this much (default: 4)")
+    parser.add_argument("--profile", metavar="DIR", default=None,
+                        help="also trace a few more steps of each algorithm with "
+                             "jax.profiler into DIR/ALGORITHM/ (open the .trace.json.gz in "
+                             "ui.perfetto.dev) and print where they went")
+    parser.add_argument("--profile-steps", type=int_at_least(1), default=3, metavar="N",
+                        help="steps traced per algorithm with --profile (default: 3)")
     parser.set_defaults(fn=run)
 
 
@@ -53,7 +59,9 @@ def run(args) -> int:
                         replicated=not args.no_replicated,
                         naive_limit_bytes=int(getattr(args, "naive_limit_gib", 4.0) * 2**30),
                         log=lambda line: print(f"fgc bench: {line}", file=sys.stderr,
-                                               flush=True))
+                                               flush=True),
+                        profile_dir=getattr(args, "profile", None),
+                        profile_steps=getattr(args, "profile_steps", 3))
     print(format_report(result))
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

@@ -8,10 +8,12 @@ import os
 import platform
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from fgc.errors import FgError
 from fgc.tools.bench.base import NAIVE_LIMIT_BYTES, BenchError
+from fgc.tools.bench.profile import check_profile_dir, trace_steps
 from fgc.tools.bench.replicated import _replicated_compare, replicated_configs
 from fgc.tools.bench.xla import _device_peak, _flops, _lower_compile, _memory, _spread
 from fgc.tools.common import load_program
@@ -89,7 +91,8 @@ def _synthetic(prog, batch_size: int, seed: int):
 
 
 def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup: int,
-                     seed: int, device) -> tuple[dict[str, Any], Any]:
+                     seed: int, device, profile_dir: Path | None = None,
+                     profile_steps: int = 3) -> tuple[dict[str, Any], Any]:
     """Measures one algorithm's train step; returns the row and the sizes of the
     network's replicated losses (read before the step donates the network's buffers)."""
     import jax
@@ -123,6 +126,17 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
         if i >= warmup:
             times.append(time.perf_counter() - t)
     finite = all(math.isfinite(float(v)) for v in jax.device_get(losses).values())
+    profile = None
+    if profile_dir is not None:
+        state = [net, opt_state]
+
+        def traced(i):
+            x, y, key = batch(warmup + steps + i)
+            state[0], state[1], out = compiled(state[0], state[1], x, y, key)
+            jax.block_until_ready((state, out))
+
+        profile = trace_steps(profile_dir / _folder(name), profile_steps, traced)
+        net, opt_state = state
     spread = _spread(times)
     flops = _flops(compiled)
     memory = _memory(compiled)
@@ -141,10 +155,16 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
         "footprint_bytes": memory["footprint_bytes"],
         "device_peak_bytes": _device_peak(device),
         "losses_finite": finite,
+        **({"profile": profile} if profile is not None else {}),
     }
     del net, opt_state, losses, compiled, step, run
     gc.collect()
     return row, replicated
+
+
+def _folder(name: str) -> str:
+    """An algorithm name as a folder name (spec-defined names may hold any word)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "algorithm"
 
 
 def _ratios(rows: list[dict[str, Any]]) -> None:
@@ -168,7 +188,9 @@ def _ratios(rows: list[dict[str, Any]]) -> None:
 def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: int = 128,
                steps: int = 20, warmup: int = 3, seed: int = 0, *, replicated: bool = True,
                naive_limit_bytes: int = NAIVE_LIMIT_BYTES,
-               log: Callable[[str], None] | None = None) -> dict[str, Any]:
+               log: Callable[[str], None] | None = None,
+               profile_dir: str | os.PathLike | None = None,
+               profile_steps: int = 3) -> dict[str, Any]:
     """Measures a spec's train step under several algorithms, side by side in one process.
 
     Args:
@@ -184,6 +206,10 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
       replicated: also compare the fused replicated local loss with the naive one.
       naive_limit_bytes: the naive replicated loss is only compiled and run when it fits.
       log: called with a line before each slow stage (progress), e.g. ``print``.
+      profile_dir: also trace ``profile_steps`` more steps of each algorithm with
+        ``jax.profiler`` into ``profile_dir/ALGORITHM/`` (:mod:`fgc.tools.bench.profile`);
+        each row then has ``profile`` (the trace's path and where the steps went). The
+        traced steps are not among the timed ones.
 
     Returns:
       A JSON-ready dict: ``spec``, ``spec_name``, ``device`` (kind, platform, count),
@@ -200,10 +226,13 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
       SpecError, FgError: the spec does not load.
     """
     for what, v, low in (("batch size", batch_size, 1), ("steps", steps, 1),
-                         ("warm-up steps", warmup, 0)):
+                         ("warm-up steps", warmup, 0), ("profiled steps", profile_steps, 1)):
         if not isinstance(v, int) or v < low:
             raise BenchError(f"{what} must be an integer ≥ {low}, got {v!r}")
     log = log or (lambda _: None)
+    if profile_dir is not None:
+        profile_dir = Path(profile_dir)
+        check_profile_dir(profile_dir)
     prog = load_program(spec_path)
     names, skipped = _select(prog, algorithms)
 
@@ -216,7 +245,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
     for i, name in enumerate(names):
         log(f"[{i + 1}/{len(names)}] {name}: compiling and timing {steps} steps")
         row, configs = _bench_algorithm(prog, name, data, batch_size, steps, warmup, seed,
-                                        device)
+                                        device, profile_dir, profile_steps)
         rows.append(row)
     _ratios(rows)
 

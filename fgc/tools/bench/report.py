@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fgc.tools.bench.base import BenchError
+from fgc.tools.bench.profile import format_profile
 from fgc.tools.common import write_whole
 
 
@@ -74,6 +75,10 @@ def format_report(result: dict[str, Any]) -> str:
     for name, why in result.get("skipped", {}).items():
         notes.append(f"{name} not run: {why}")
     lines += [f"  {n}" for n in notes]
+
+    for r in rows:
+        if r.get("profile"):
+            lines += [""] + format_profile(r["algorithm"], r["profile"])
 
     rep = result.get("replicated") or {}
     if "skipped" in rep:
