@@ -50,8 +50,8 @@ def _fa_grads(plan, net, x, labels) -> dict:
               for n in fa}
     copies, copy_static = eqx.partition(copies, eqx.is_array)
 
-    def total(copies_):
-        n_ = eqx.combine(params, static)
+    def total(params_, copies_):
+        n_ = eqx.combine(params_, static)
         with_b = eqx.combine(copies_, copy_static)
         vals = {n_.input_id: _input(n_, x)}
         for s in n_.steps:
@@ -64,8 +64,13 @@ def _fa_grads(plan, net, x, labels) -> dict:
                 vals[s.id] = _apply(n_.layers[s.id], args)
         return sum(_loss_of(n_, h, vals, labels).mean() for h in n_.loss_heads)
 
-    g = jax.grad(total)(copies)
-    return {n: {k: v for k, v in vars(g[n]).items() if eqx.is_array(v)} for n in fa}
+    g_params, g = jax.grad(lambda p, c: total(p, c), argnums=(0, 1))(params, copies)
+    out = {n: {k: v for k, v in vars(g[n]).items() if eqx.is_array(v)} for n in fa}
+    # Other parameters of FA groups (affine norms) learn from the same FA backward.
+    for n, layer in g_params.layers.items():
+        if n not in out:
+            out[n] = {k: v for k, v in vars(layer).items() if eqx.is_array(v)}
+    return out
 
 
 def _dfa_grads(plan, net, x, labels) -> dict:

@@ -193,6 +193,15 @@ def _check_direct_feedback(g: Graph, algo: Algorithm, groups: dict, assignment: 
     users = sorted(gr for gr, grp in groups.items()
                    if (grp.estimator or algo.estimator).kind == DFA
                    and _owns_backbone(g, assignment, gr))
+    for gr in users:
+        other = [n for n, a in assignment.items() if a == gr and g.node(n).role == "op"
+                 and OPS[g.node(n).kind].role != "linear"]
+        if other:
+            d.add("E510", f"group `{gr}` uses direct_feedback_alignment, which updates weight "
+                  f"layers from the output error at their output points, but `{other[0]}` "
+                  f"({g.node(other[0]).kind}) has parameters of another kind",
+                  groups[gr].span or span, "make the norm `affine = false`, or put it in a "
+                  "group of its own with `estimator = backprop`")
     if users and algo.target == "local":
         whose = f"group `{users[0]}`" if groups[users[0]].estimator is not None \
             else f"`{algo.name}`"
