@@ -200,8 +200,8 @@ def _check_direct_feedback(g: Graph, algo: Algorithm, groups: dict, assignment: 
             d.add("E510", f"group `{gr}` uses direct_feedback_alignment, which updates weight "
                   f"layers from the output error at their output points, but `{other[0]}` "
                   f"({g.node(other[0]).kind}) has parameters of another kind",
-                  groups[gr].span or span, "make the norm `affine = false`, or put it in a "
-                  "group of its own with `estimator = backprop`")
+                  groups[gr].span or span, "make the norm `affine = false`, or use "
+                  "feedback_alignment, whose backward trains norm parameters too")
     if users and algo.target == "local":
         whose = f"group `{users[0]}`" if groups[users[0]].estimator is not None \
             else f"`{algo.name}`"
