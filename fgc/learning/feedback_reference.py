@@ -9,9 +9,10 @@ output points) and the network's own matrices, and computes the updates another 
   objective's ``jax.grad`` with respect to that copy is FA's update of the layer
   (``x ⊗ δ`` with ``δ`` brought back through the ``B`` of every FA layer above).
 - DFA: one forward pass for every value; the output error written out by hand,
-  ``(softmax(z) − onehot(y)) / N``; then, layer by layer, ``jax.vjp`` of the small
-  function from that layer's parameters to its output point (every other value held
-  at its forward value) against ``e B / positions``.
+  ``(softmax(z) − onehot(y)) / N``; then, point by point, ``jax.vjp`` of the small
+  function from the parameters of the layers ending there (and of the norms between
+  them and the point) to the point's value, every other value held at its forward
+  value, against ``e B / positions``.
 """
 
 from __future__ import annotations
@@ -89,26 +90,39 @@ def _dfa_grads(plan, net, x, labels) -> dict:
         per_example = e @ net.feedback[need.node].matrix / math.prod(v.shape[1:-1])
         delta = jnp.broadcast_to(per_example.reshape(v.shape[0], *(1,) * (v.ndim - 2), -1),
                                  v.shape)
-        for w in need.layers:
-            layer = net.layers[w]
-            arrays, rest = eqx.partition(layer, eqx.is_array)
+        # The segments ending here: what lies between each layer and the point.
+        inputs = {st.id: st.inputs for st in net.steps}
+        ancestors, todo = set(), [need.node]
+        while todo:
+            u = todo.pop()
+            if u not in ancestors and u in inputs:
+                ancestors.add(u)
+                todo.extend(inputs[u])
+        live = set(need.layers)
+        for st in net.steps:
+            if st.id in ancestors and live & set(st.inputs):
+                live.add(st.id)
+        owners = [st.id for st in net.steps if st.id in live
+                  and any(eqx.is_array(a) for a in jax.tree.leaves(net.layers[st.id]))]
+        arrays = {n: eqx.partition(net.layers[n], eqx.is_array)[0] for n in owners}
+        rests = {n: eqx.partition(net.layers[n], eqx.is_array)[1] for n in owners}
 
-            def segment(arrays_, w=w, rest=rest, end=need.node):
-                local, live = dict(vals), set()
-                for s in net.steps:
-                    if s.id == w:
-                        local[s.id] = eqx.combine(arrays_, rest)(vals[s.inputs[0]])
-                        live.add(s.id)
-                    elif live & set(s.inputs):
-                        local[s.id] = _apply(net.layers[s.id], [local[u] for u in s.inputs])
-                        live.add(s.id)
-                    if s.id == end:
-                        return local[end]
-                raise AssertionError(f"output point {end} is not after {w}")
+        def segment(arrays_, live=live, rests=rests, end=need.node):
+            local = dict(vals)
+            for st in net.steps:
+                if st.id in live:
+                    layer = eqx.combine(arrays_[st.id], rests[st.id]) if st.id in arrays_ \
+                        else net.layers[st.id]
+                    args = [local[u] if u in live else vals[u] for u in st.inputs]
+                    local[st.id] = _apply(layer, args)
+                if st.id == end:
+                    return local[end]
+            raise AssertionError(f"output point {end} is not after {sorted(live)}")
 
-            _, pull = jax.vjp(segment, arrays)
-            (g,) = pull(delta)
-            out[w] = {k: a for k, a in vars(g).items() if eqx.is_array(a)}
+        _, pull = jax.vjp(segment, arrays)
+        (g,) = pull(delta)
+        for n in owners:
+            out[n] = {k: a for k, a in vars(g[n]).items() if eqx.is_array(a)}
     return out
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from fgc.graph.ir import Graph
 from fgc.graph.ops import OPS
 
-__all__ = ["FeedbackNeed", "feedback_needs", "output_point"]
+__all__ = ["FeedbackNeed", "feedback_needs", "output_point", "segment"]
 
 FA, DFA = "feedback_alignment", "direct_feedback_alignment"
 
@@ -55,21 +55,29 @@ def _is_weight_layer(g: Graph, nid: str) -> bool:
     return d.role == "op" and OPS[d.kind].role == "linear"
 
 
-def output_point(g: Graph, nid: str) -> str:
-    """The node where DFA's projected error enters weight layer ``nid``'s segment."""
-    cur = nid
+def segment(g: Graph, nid: str) -> list[str]:
+    """Weight layer ``nid``'s DFA segment, in order: the layer, then the parameter-free
+    ops (norms with parameters included) its single successor chain passes, up to its
+    output point (the last entry; see the module docstring)."""
+    chain = [nid]
     while True:
+        cur = chain[-1]
         if cur != nid and OPS[g.node(cur).kind].role == "act":
-            return cur
+            return chain
         succ = list(g.g.successors(cur))
         if len(succ) != 1:
-            return cur
+            return chain
         nxt = succ[0]
         d = g.node(nxt)
-        if d.role != "op" or g.edge(cur, nxt).stop_gradient or d.params \
+        if d.role != "op" or g.edge(cur, nxt).stop_gradient \
                 or OPS[d.kind].role in ("linear", "grad"):
-            return cur
-        cur = nxt
+            return chain
+        chain.append(nxt)
+
+
+def output_point(g: Graph, nid: str) -> str:
+    """The node where DFA's projected error enters weight layer ``nid``'s segment."""
+    return segment(g, nid)[-1]
 
 
 def feedback_needs(g: Graph, estimator_of: dict) -> tuple[FeedbackNeed, ...]:

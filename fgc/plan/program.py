@@ -23,7 +23,7 @@ from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, alg
 from fgc.errors import Diagnostic, SpecError, plural
 from fgc.graph.ir import Graph
 from fgc.plan.credit import RULES as CREDIT_RULES, CreditMap, credit_map
-from fgc.plan.feedback import DFA, FeedbackNeed, feedback_needs
+from fgc.plan.feedback import DFA, FeedbackNeed, feedback_needs, segment
 from fgc.graph.ops import OPS
 from fgc.front.parse import parse, parse_file
 
@@ -194,14 +194,17 @@ def _check_direct_feedback(g: Graph, algo: Algorithm, groups: dict, assignment: 
                    if (grp.estimator or algo.estimator).kind == DFA
                    and _owns_backbone(g, assignment, gr))
     for gr in users:
-        other = [n for n, a in assignment.items() if a == gr and g.node(n).role == "op"
-                 and OPS[g.node(n).kind].role != "linear"]
+        members = [n for n, a in assignment.items() if a == gr and g.node(n).role == "op"]
+        covered = {m for n in members if OPS[g.node(n).kind].role == "linear"
+                   for m in segment(g, n)}
+        other = [n for n in members if n not in covered]
         if other:
             d.add("E510", f"group `{gr}` uses direct_feedback_alignment, which updates weight "
-                  f"layers from the output error at their output points, but `{other[0]}` "
-                  f"({g.node(other[0]).kind}) has parameters of another kind",
-                  groups[gr].span or span, "make the norm `affine = false`, or use "
-                  "feedback_alignment, whose backward trains norm parameters too")
+                  f"layers (and the norms between them and their output points) from the "
+                  f"output error, but `{other[0]}` ({g.node(other[0]).kind}) has parameters "
+                  "outside every layer's segment", groups[gr].span or span,
+                  "make the norm `affine = false`, move it after a weight layer, or use "
+                  "feedback_alignment, whose backward trains every norm parameter")
     if users and algo.target == "local":
         whose = f"group `{users[0]}`" if groups[users[0]].estimator is not None \
             else f"`{algo.name}`"
