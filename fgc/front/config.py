@@ -15,6 +15,8 @@ from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
 ESTIMATORS = ("backprop", "forward")
+# Fixed random backward weights (Lillicrap et al. 2016; Nøkland 2016): model buffers, never trained.
+FEEDBACK = ("feedback_alignment", "direct_feedback_alignment")
 PERTURB = ("activity", "weights")
 NOISE = ("gaussian", "rademacher")
 AGGREGATE = ("mean",)  # orthogonal projection ([M]) plugs in here
@@ -40,10 +42,13 @@ class Estimator:
     aggregate: str = "mean"
     guess: str = "random"
     credit: str = "exact"
+    scale: float = 1.0  # feedback kinds only: the random matrices' std relative to the default
 
     def describe(self) -> str:
         if self.kind == "backprop":
             return "backprop"
+        if self.kind in FEEDBACK:
+            return self.kind if self.scale == 1.0 else f"{self.kind}(scale={self.scale:g})"
         credit = "" if self.credit == "exact" else f", credit={self.credit}"
         return f"forward({self.perturb}, {self.noise}, K={self.tangents}{credit})"
 
@@ -148,6 +153,8 @@ def _choice(v, choices, what, d: Diags):
 def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
     if isinstance(v, S.Name) and v.id == "backprop":
         return Estimator("backprop")
+    if (v.func if isinstance(v, S.Call) else _word(v)) in FEEDBACK:
+        return feedback_estimator_from(v, d)
     if isinstance(v, S.Call) and v.func == "backprop" and (v.args or v.kwargs):
         d.add("E205", "`backprop` takes no arguments", v.span,
               "write `estimator = backprop` (the exact gradient; no feedback variants)")
@@ -155,7 +162,8 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
     if not isinstance(v, S.Call) or v.func not in ESTIMATORS:
         name = v.func if isinstance(v, S.Call) else _word(v)
         d.add("E207", f"unknown estimator `{name}`", getattr(v, "span", None),
-              suggest(str(name), ESTIMATORS) or "use backprop or forward(perturb = activity)")
+              suggest(str(name), ESTIMATORS + FEEDBACK) or "use backprop, forward(perturb = "
+              "activity), feedback_alignment or direct_feedback_alignment")
         return None
     if v.func == "backprop":
         return Estimator("backprop")
@@ -191,6 +199,32 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
     if any(x is None for x in out.values()):
         return None
     return Estimator("forward", **out)
+
+
+def feedback_estimator_from(v: S.Value, d: Diags) -> Estimator | None:
+    """``feedback_alignment`` / ``direct_feedback_alignment``, bare or with ``(scale = S)``."""
+    if isinstance(v, S.Name):
+        return Estimator(v.id)
+    if v.args:
+        d.add("E205", f"{v.func}(...) takes keyword arguments only", v.span,
+              f"{v.func}(scale = 1.0)")
+        return None
+    scale = 1.0
+    for i, k in enumerate(v.kwargs):
+        if k.name != "scale":
+            d.add("E203", f"{v.func}(...) has no argument `{k.name}`", k.span,
+                  suggest(k.name, ("scale",)) or "arguments: scale")
+            return None
+        if i:
+            d.add("E205", f"argument `scale` of `{v.func}` given twice", k.span)
+            return None
+        n = _num(k.value)
+        if n is None or isinstance(n, bool) or not n > 0:
+            d.add("E206", "scale must be a number above 0", k.span,
+                  "the feedback matrices' std relative to the layer's own initial std, e.g. 1.0")
+            return None
+        scale = float(n)
+    return Estimator(v.func, scale=scale)
 
 
 def algorithm_from(sec: S.Section, d: Diags, source: str = "preset") -> Algorithm | None:

@@ -197,7 +197,7 @@ def rule_name(est: Estimator) -> str:
 
 
 def _rule_class(est: Estimator) -> type[PassRule]:
-    from fgc.learning import passes  # noqa: F401  (registers the built-in rules)
+    from fgc.learning import feedback, passes  # noqa: F401  (registers the built-in rules)
     name = rule_name(est)
     if name not in RULES:
         raise LoweringError(f"no update rule is registered for estimator `{est.describe()}` "

@@ -167,6 +167,9 @@ class Network(eqx.Module):
       input_mean, input_std: per-channel dataset statistics, or None to take
         the input as given.
       algorithm: the algorithm whose stop-gradient edges are baked in.
+      feedback: node id → its fixed random feedback matrix
+        (:class:`fgc.lowering.modules.Feedback`, a buffer), as the plan's
+        ``feedback`` asks (:mod:`fgc.plan.feedback`); empty for other algorithms.
     """
 
     layers: dict[str, AbstractLayer]
@@ -179,6 +182,7 @@ class Network(eqx.Module):
     input_mean: tuple[float, ...] | None = eqx.field(static=True)
     input_std: tuple[float, ...] | None = eqx.field(static=True)
     algorithm: str | None = eqx.field(static=True)
+    feedback: dict[str, Buffer] = eqx.field(default_factory=dict)
 
     def __check_init__(self):
         ids = {s.id for s in self.steps}
@@ -416,10 +420,12 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
                                                                        (None, None))
     if mean is not None:
         mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    from fgc.lowering.feedback import feedback_matrices
     return Network(layers, tuple(steps), tuple(losses),
                    tuple(s.id for s in steps if s.kind == "perturb" and s.role == "op"),
                    final, input_id, tuple(g.node(input_id).shape), mean, std,
-                   g.meta.get("algorithm"))
+                   g.meta.get("algorithm"),
+                   feedback_matrices(plan, layers, {s.id: s.shape for s in steps}, key, dtype))
 
 
 def _node_of(path) -> str:

@@ -43,7 +43,7 @@ from fgc.errors import LoweringError
 Shape = tuple[int, ...]
 
 __all__ = [
-    "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense",
+    "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Feedback",
     "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "StatefulLayer", "TokenMix", "init_std", "is_buffer",
     "make_layer", "register", "trainable",
 ]
@@ -146,6 +146,13 @@ class BatchStats(Buffer):
 
     mean: Float[Array, " channels"]
     var: Float[Array, " channels"]
+
+
+class Feedback(Buffer):
+    """A fixed random feedback matrix (feedback alignment and its direct variant): drawn
+    once at lowering, saved with the checkpoint, never trained, decayed or perturbed."""
+
+    matrix: Array
 
 
 def is_buffer(x) -> bool:

@@ -23,6 +23,7 @@ from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, alg
 from fgc.errors import Diagnostic, SpecError, plural
 from fgc.graph.ir import Graph
 from fgc.plan.credit import RULES as CREDIT_RULES, CreditMap, credit_map
+from fgc.plan.feedback import DFA, FeedbackNeed, feedback_needs, segment
 from fgc.graph.ops import OPS
 from fgc.front.parse import parse, parse_file
 
@@ -38,6 +39,7 @@ class Plan:
     train: TrainConfig
     credit: dict[str, CreditMap] = field(default_factory=dict)  # credit rule -> map
     warnings: tuple[Diagnostic, ...] = ()  # W601-W603: what plans but cannot work as written
+    feedback: tuple[FeedbackNeed, ...] = ()  # fixed random matrices to lower (fgc.plan.feedback)
 
     def credit_map(self, rule: str = "exact") -> CreditMap:
         """The planned credit map under ``rule`` (:data:`fgc.plan.credit.RULES`)."""
@@ -110,6 +112,7 @@ class Program:
                      for gr in activity}
             _check_site_coverage(g, {n: whose[gr] for n, gr in assignment.items()
                                      if gr in activity and g.node(n).role == "op"}, d)
+        _check_direct_feedback(g, algo, groups, assignment, loss_span, d)
         if not d:
             sizes.check(g, self.train.batch_size, d, tangents=sizes.max_tangents(
                 Plan(g, algo, groups, assignment, self.train)), why=f" under `{name}`")
@@ -118,6 +121,8 @@ class Program:
         g.meta["algorithm"] = name
         plan = Plan(g, algo, groups, assignment, self.train,
                     {rule: credit_map(g, rule) for rule in CREDIT_RULES})
+        plan = replace(plan, feedback=feedback_needs(
+            g, {n: plan.estimator_of(gr) for n, gr in assignment.items()}))
         return replace(plan, warnings=tuple(plan_warnings(plan, name, net_span, self.groups)))
 
 
@@ -179,6 +184,35 @@ def plan_warnings(plan: Plan, name: str, net_span, user_groups) -> list[Diagnost
                 "(decay applies to weights only, not to biases or norm parameters)", grp.span,
                 "drop the setting", "warning"))
     return out
+
+
+def _check_direct_feedback(g: Graph, algo: Algorithm, groups: dict, assignment: dict, span,
+                           d: Diags) -> None:
+    """E509: direct feedback alignment sends the *final* loss's output error to every layer,
+    so it cannot serve an algorithm whose backbone learns from local losses."""
+    users = sorted(gr for gr, grp in groups.items()
+                   if (grp.estimator or algo.estimator).kind == DFA
+                   and _owns_backbone(g, assignment, gr))
+    for gr in users:
+        members = [n for n, a in assignment.items() if a == gr and g.node(n).role == "op"]
+        covered = {m for n in members if OPS[g.node(n).kind].role == "linear"
+                   for m in segment(g, n)}
+        other = [n for n in members if n not in covered]
+        if other:
+            d.add("E510", f"group `{gr}` uses direct_feedback_alignment, which updates weight "
+                  f"layers (and the norms between them and their output points) from the "
+                  f"output error, but `{other[0]}` ({g.node(other[0]).kind}) has parameters "
+                  "outside every layer's segment", groups[gr].span or span,
+                  "make the norm `affine = false`, move it after a weight layer, or use "
+                  "feedback_alignment, whose backward trains every norm parameter")
+    if users and algo.target == "local":
+        whose = f"group `{users[0]}`" if groups[users[0]].estimator is not None \
+            else f"`{algo.name}`"
+        d.add("E509", f"{whose} uses direct_feedback_alignment, which sends the final loss's "
+              f"output error to every layer, but `{algo.name}` trains the backbone from local "
+              "losses (target = local)", span,
+              "use target = global with direct_feedback_alignment, or feedback_alignment for "
+              "local losses (l-fa, lg-fa)")
 
 
 def _owns_backbone(g: Graph, assignment: dict, group: str) -> bool:
