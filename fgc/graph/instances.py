@@ -46,7 +46,8 @@ def select(sel: S.Index, instances: list[str], start: int | None, stop: int | No
     """
     n = len(instances)
     what = "the network has" if sel.base == "blocks" else f"block `{sel.base}` has"
-    have = (f"{what} {n} instance{'s' if n != 1 else ''}"
+    noun = "block instance" if sel.base == "blocks" else "instance"
+    have = (f"{what} {n} {noun}{'s' if n != 1 else ''}"
             + (f" ({sel.base}[0] to {sel.base}[{n - 1}], or {sel.base}[-1] for the last)"
                if n else ""))
     if not sel.is_range:
