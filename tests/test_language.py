@@ -74,7 +74,8 @@ def test_every_preset_plans_every_spec(spec, algo):
         assert not greedy
     for loss in g.losses.values():
         edge = g.edge(loss.source, loss.head_nodes[0])
-        trains_backbone = loss.final == (plan.algorithm.target == "global")
+        trains_backbone = loss.final == (plan.algorithm.target == "global") or (
+            loss.also_local and plan.algorithm.target == "local")  # `local = true`
         assert edge.stop_gradient != trains_backbone
 
 

@@ -141,12 +141,17 @@ def test_dot_is_valid_and_complete(spec, algo):
     on = lines_with(dot, 'class="site site-on"')
     off = lines_with(dot, 'class="site site-off"')
     assert len(on) + len(off) == len(sites)
+    # a site is live when a layer it serves learns by activity perturbation (a group of its
+    # own may say backprop: the last block of the ResNet specs)
+    owners = plan.credit_map().owners
+    live = [s for s in sites if any(
+        plan.estimator_of(plan.assignment[o]).perturb == "activity" for o in owners.get(s, ()))]
     est = plan.algorithm.estimator
     if est.kind == "forward" and est.perturb == "activity":
-        assert len(on) == len(sites)
+        assert len(on) == len(live) and live
         assert all("activity noise" in l for l in on)
     else:  # no spec here gives a group its own activity estimator
-        assert not on and len(off) == len(sites)
+        assert not on and not live and len(off) == len(sites)
 
     # weight noise marks exactly the layers learned by forward(perturb = weights)
     wn = [n for n, grp in plan.assignment.items()

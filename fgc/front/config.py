@@ -85,12 +85,16 @@ class TrainConfig:
     algorithm: str | None = None
     flip: bool = False
     eval_batch_size: int = 1000
+    # augmentations of the training batches, in order: ((name, ((arg, value), ...)), ...)
+    # (fgc.training.augment), applied on the device inside the step
+    augment: tuple = ()
+    decay_on: str = "weights"  # which parameters weight decay reaches: weights or all
 
 
 @dataclass(frozen=True)
 class ParamGroup:
     name: str
-    select: tuple[str, ...]
+    select: tuple  # selector words (str) and block-instance indices (syntax.Index)
     lr_scale: float = 1.0
     weight_decay: float | None = None
     estimator: Estimator | None = None
@@ -301,7 +305,8 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
 
 
 TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
-              "weight_decay", "algorithm", "flip", "eval_batch_size")
+              "weight_decay", "algorithm", "flip", "eval_batch_size", "augment", "decay_on")
+DECAY_ON = ("weights", "all")
 
 
 def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
@@ -346,6 +351,14 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
         if c is not None:
             _check_optax_kwargs(c, st["optimizer"].span, d)
             kw["optimizer"] = c
+    if "augment" in st:
+        aug = augment_from(st["augment"], d)
+        if aug is not None:
+            kw["augment"] = aug
+    if "decay_on" in st:
+        w = _choice(st["decay_on"], DECAY_ON, "decay_on", d)
+        if w is not None:
+            kw["decay_on"] = w
     if "schedule" in st:
         c = _call(st["schedule"], tuple(SCHEDULES), "schedule", d)
         if c is not None:
@@ -355,6 +368,41 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
                           f"arguments: {', '.join(SCHEDULES[c.name]) or 'none'}")
             kw["schedule"] = c
     return replace(cfg, **kw)
+
+
+def augment_from(v: S.Value, d: Diags) -> tuple | None:
+    """``[crop(pad = 4), flip]`` as ``(("crop", (("pad", 4),)), ("flip", ()))``, checked
+    against the registry of :mod:`fgc.training.augment`; None after a diagnostic."""
+    from fgc.training import augment
+    items = v.items if isinstance(v, S.List) else (v,)
+    calls, spans = [], []
+    for it in items:
+        if isinstance(it, S.Name):
+            calls.append((it.id, ()))
+        elif isinstance(it, S.Call) and not it.args:
+            kws = []
+            for k in it.kwargs:
+                if any(k.name == n for n, _ in kws):
+                    d.add("E205", f"argument `{k.name}` of `{it.func}` given twice", k.span)
+                    return None
+                if not isinstance(k.value, (S.Number, S.Bool, S.String)):
+                    d.add("E206", f"argument `{k.name}` of `{it.func}` must be a number, bool "
+                          "or string", k.span)
+                    return None
+                kws.append((k.name, k.value.value))
+            calls.append((it.func, tuple(kws)))
+        elif isinstance(it, S.Call):
+            d.add("E205", "augmentation arguments are given by name", it.span,
+                  f"e.g. {it.func}(pad = 4)")
+            return None
+        else:
+            d.add("E206", "augment is a list of augmentations, e.g. [crop(pad = 4), flip]",
+                  getattr(it, "span", None))
+            return None
+        spans.append(it.span)
+    before = len(d.items)
+    augment.check(calls, spans.__getitem__, d)
+    return None if len(d.items) > before else tuple(calls)
 
 
 def _known_dataset(name: str) -> bool:
@@ -380,6 +428,8 @@ def group_from(sec: S.Section, d: Diags) -> ParamGroup | None:
             select.append(f"heads:{s.args[0].id}")
         elif isinstance(s, S.Name):
             select.append(s.id)
+        elif isinstance(s, S.Index):  # block instances: resolved against the graph when planned
+            select.append(s)
         else:
             d.add("E206", "params selects `blocks`, `heads`, `heads(LOSS)` or a block name",
                   getattr(s, "span", None))

@@ -34,13 +34,24 @@ def resolve_section(sec: S.Section, env: dict[str, S.Value], diags) -> S.Section
     """``sec`` with constants substituted and arithmetic folded."""
     if not env and not _has_arith(sec):
         return sec
-    settings = tuple(s if s.name in _NOT_NUMERIC else replace(s, value=_fold(s.value, env, diags))
+    settings = tuple(replace(s, value=_fold_indices(s.value, env, diags)) if s.name == "params"
+                     else s if s.name in _NOT_NUMERIC else replace(s, value=_fold(s.value, env, diags))
                      for s in sec.settings)
     return replace(sec, settings=settings)
 
 
 def _has_arith(sec: S.Section) -> bool:
-    return any("BinOp" in repr(s.value) for s in sec.settings)
+    return any("BinOp" in repr(s.value) or "Index" in repr(s.value) for s in sec.settings)
+
+
+def _fold_indices(v: S.Value, env: dict, diags) -> S.Value:
+    """Selectors stay words; only the bounds of ``blocks[a:b]`` may be constants."""
+    if isinstance(v, S.List):
+        return replace(v, items=tuple(_fold_indices(x, env, diags) for x in v.items))
+    if isinstance(v, S.Index):
+        return replace(v, start=None if v.start is None else _fold(v.start, env, diags),
+                       stop=None if v.stop is None else _fold(v.stop, env, diags))
+    return v
 
 
 def _fold(v: S.Value, env: dict, diags) -> S.Value:

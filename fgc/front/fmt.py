@@ -80,6 +80,10 @@ def format_value(v: S.Value) -> str:
         return f"{v.func}({', '.join(parts)})"
     if isinstance(v, S.List):
         return "[" + ", ".join(format_value(x) for x in v.items) + "]"
+    if isinstance(v, S.Index):
+        bound = lambda b: "" if b is None else format_value(b)
+        inner = f"{bound(v.start)}:{bound(v.stop)}" if v.is_range else format_value(v.start)
+        return f"{v.base}[{inner}]"
     if isinstance(v, S.BinOp):
         p = _PREC[v.op]
         left, right = format_value(v.left), format_value(v.right)

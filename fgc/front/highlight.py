@@ -50,6 +50,6 @@ class FgLexer(RegexLexer):
             (r"[A-Za-z_][A-Za-z0-9_]*(-[A-Za-z0-9_]+)*", Name),
             (r"-?(\d+\.\d*|\.\d+|\d+)([eE][-+]?\d+)?", Number),
             (r"[|*/+=]", Operator),
-            (r"[(){}\[\],]", Punctuation),
+            (r"[(){}\[\],:]", Punctuation),  # `:` of a range of block instances
         ],
     }

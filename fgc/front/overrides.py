@@ -29,13 +29,12 @@ from fgc.errors import Diagnostic, Span, SpecError
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
-TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
-              "weight_decay", "algorithm", "flip", "eval_batch_size")
+from fgc.front.config import TRAIN_KEYS  # noqa: E402  (one list of train settings)
 ALGORITHM_KEYS = ("target", "greedy", "estimator")
 GROUP_KEYS = ("params", "lr_scale", "weight_decay", "estimator", "optimizer")
 CALL_KEYS = ("optimizer", "schedule", "estimator")  # settings whose value takes KEY.ARG
 SECTIONS = ("train", "algorithm", "group")
-FORMS = "train.KEY=VALUE, algorithm.NAME.KEY=VALUE or group.NAME.KEY=VALUE"
+FORMS = "train.KEY=VALUE, algorithm.NAME.KEY=VALUE, group.NAME.KEY=VALUE or const.NAME=VALUE"
 PREFIX = "# --set "
 
 
@@ -162,6 +161,8 @@ def _edit_spec(items: list, o: Override, d: Diags) -> bool:
     """Applies an override to the spec's own sections; False when it targets a preset or a
     default group (or was reported)."""
     head = o.keys[0]
+    if head == "const":
+        return _edit_const(items, o, d)
     if head not in SECTIONS:
         d.add("E203", f"unknown section `{head}`", o.span,
               " ".join(filter(None, (suggest(head, SECTIONS), f"keys are {FORMS}"))))
@@ -192,6 +193,23 @@ def _edit_spec(items: list, o: Override, d: Diags) -> bool:
             items.append(new)
         else:
             items[idx] = new
+    return True
+
+
+def _edit_const(items: list, o: Override, d: Diags) -> bool:
+    """``const.NAME=VALUE`` replaces the value of the spec's ``const NAME`` (a width, or
+    the head a loss picks: ``--set const.AUX=mlp_aux``)."""
+    consts = [i for i, it in enumerate(items) if isinstance(it, S.ConstDecl)]
+    if len(o.keys) != 2:
+        d.add("E204", "a constant's key is const.NAME", o.span, "e.g. --set const.AUX=mlp_aux")
+        return True
+    idx = next((i for i in consts if items[i].name == o.keys[1]), None)
+    if idx is None:
+        names = [items[i].name for i in consts]
+        d.add("E201", f"the spec has no constant `{o.keys[1]}`", o.key_span,
+              suggest(o.keys[1], names) or f"constants: {', '.join(names) or 'none'}")
+        return True
+    items[idx] = replace(items[idx], value=o.value, span=o.span)
     return True
 
 

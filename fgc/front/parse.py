@@ -34,7 +34,7 @@ _TOKEN_NAMES = {
     "NAME": "a name", "NUMBER": "a number", "INT": "an integer", "STRING": "a string",
     "LBRACE": "`{`", "RBRACE": "`}`", "LPAR": "`(`", "RPAR": "`)`", "LSQB": "`[`",
     "RSQB": "`]`", "COMMA": "`,`", "EQUAL": "`=`", "VBAR": "`|`", "STAR": "`*`",
-    "SLASH": "`/`", "PLUS": "`+`", "SECTION": "`algorithm`, `train` or `group`",
+    "SLASH": "`/`", "PLUS": "`+`", "COLON": "`:`", "SECTION": "`algorithm`, `train` or `group`",
     "TRUE": "`true`", "FALSE": "`false`", "$END": "end of file",
 }
 
@@ -107,6 +107,12 @@ class _ToAst(Transformer):
     add = _binop("+")
     mul = _binop("*")
     div = _binop("/")
+
+    def index_one(self, meta, c):
+        return S.Index(str(c[0]), c[1], None, False, self._s(meta))
+
+    def index_range(self, meta, c):
+        return S.Index(str(c[0]), c[1], c[2], True, self._s(meta))
 
     def kwarg(self, meta, c):
         return S.Kwarg(str(c[0]), c[1], self._s(meta))

@@ -79,7 +79,19 @@ class BinOp:
     span: Span | None = _span()
 
 
-Value = Union[Number, String, Bool, Name, Call, List, BinOp]
+@dataclass(frozen=True)
+class Index:
+    """``base[i]`` or ``base[start:stop]``: block instances by position (0-based, negative
+    from the end, ranges exclude ``stop``), where ``base`` is ``blocks`` or a block name."""
+
+    base: str
+    start: "Value | None"
+    stop: "Value | None" = None
+    is_range: bool = False
+    span: Span | None = _span()
+
+
+Value = Union[Number, String, Bool, Name, Call, List, BinOp, Index]
 
 
 # --- dataflow ---------------------------------------------------------------

@@ -106,6 +106,11 @@ class Builder(ValueElaboration, LossElaboration):
                 self.diags.add("E110", "the spec declares no `loss`", nets[0].span,
                                "add e.g. `loss final = readout on output`")
         self.used_defs |= _mentioned(sp)
+        # A loss that picks its head through a constant (`loss local = AUX on ...` with
+        # `const AUX = cnn_aux`, changed by `--set const.AUX=mlp_aux`) makes every head an
+        # alternative to pick: the ones not picked are not forgotten, so no E106 for them.
+        if any(_head_alias(l, self.consts) for l in sp.of(S.LossDecl)):
+            self.used_defs |= set(self.heads)
         for name, d in {**self.blocks, **self.heads}.items():
             if name not in self.used_defs:
                 what = "block" if name in self.blocks else "head"
@@ -417,6 +422,12 @@ def _refs(pipe: S.Pipe):
         if isinstance(st, S.Call) and st.func in OPS and OPS[st.func].arity == 2:
             if st.args and isinstance(st.args[0], S.Name):
                 yield st.args[0].id
+
+
+def _head_alias(loss: S.LossDecl, consts: dict) -> bool:
+    """Whether the loss names its head through a constant holding a word."""
+    v = consts.get(st_name(loss.head))
+    return isinstance(v, _Symbol) and not v.args and not v.kwargs
 
 
 def _mentioned(spec: S.SpecFile) -> set[str]:

@@ -77,6 +77,9 @@ class LossInfo:
     groups: int = 1
     patches: int = 1
     span: Span | None = None
+    # a final loss that is also the local loss of the block it reads (`local = true`):
+    # under a local target it trains that block instead of reading a stop-gradiented input
+    also_local: bool = False
 
     @property
     def replicas(self) -> int:

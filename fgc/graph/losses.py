@@ -16,6 +16,10 @@ class LossElaboration:
 
     def _loss(self, d: S.LossDecl):
         hname = _b.st_name(d.head)
+        alias = self.consts.get(hname)  # `const AUX = cnn_aux`: a head picked by a constant
+        if hname not in self.heads and isinstance(alias, _b._Symbol) and not alias.args \
+                and not alias.kwargs:
+            hname = alias.name
         if hname not in self.heads:
             self.diags.add("E201", f"unknown head `{hname}`", d.head.span,
                            _b.suggest(hname, self.heads) or "define it with `head NAME = ...`")
@@ -23,7 +27,7 @@ class LossElaboration:
         self.used_defs.add(hname)
         hd = self.heads[hname]
         opts = {}
-        allowed = ("replicate", "groups", "kind")
+        allowed = ("replicate", "groups", "kind", "local")
         for o in d.options:
             if o.name not in allowed:
                 self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
@@ -65,7 +69,15 @@ class LossElaboration:
         if not isinstance(groups, int) or groups < 1:
             self.diags.add("E206", "`groups` must be a positive integer", where.get("groups", d.span))
             return
+        also_local = opts.get("local", False)
+        if not isinstance(also_local, bool):
+            self.diags.add("E206", "local must be true or false", where["local"])
+            return
         targets = self._targets(d.target)
+        if also_local and any(w != "output" for w, _ in targets or ()):
+            self.diags.add("E206", "only a loss on `output` can be `local = true`",
+                           where["local"], "every other loss is local already; drop the option")
+            return
         if not targets:
             for st in hd.pipe.stages:
                 self._lint(st, {**self.consts, **{p: 1 for p in hd.params}})
@@ -103,13 +115,20 @@ class LossElaboration:
             self.graph.add_edge(cur, lid, EdgeData(0))
             self.graph.losses[lid] = LossInfo(lid, d.name, kind, src, nodes,
                                               where == "output",
-                                              tuple(axes), groups, span=d.span)
+                                              tuple(axes), groups, span=d.span,
+                                              also_local=also_local)
 
     def _targets(self, v: S.Value):
         items = v.items if isinstance(v, S.List) else (v,)
         out = []
         insts = self.graph.meta["blocks"]
         for it in items:
+            if isinstance(it, S.Index):
+                picked = self._instances(it, insts)
+                if picked is None:
+                    return None
+                out += [(b, self._block_out(b)) for b in picked]
+                continue
             if not isinstance(it, S.Name):
                 self.diags.add("E206", "a loss attaches to a name: `blocks`, `output`, a block "
                                "or a network value", it.span)
@@ -141,6 +160,25 @@ class LossElaboration:
                                or "attach to `blocks`, `output`, a block name or a network value")
                 return None
         return [(w, s) for w, s in out if s is not None]
+
+    def _instances(self, it: S.Index, insts: list[str]) -> list[str] | None:
+        """``blocks[i]``, ``NAME[a:b]``: the instances a loss target picks, or a diagnostic."""
+        from fgc.graph import instances as I
+        if it.base != "blocks" and it.base not in self.blocks:
+            self.diags.add("E201", f"unknown block `{it.base}` in `{I.show(it)}`", it.span,
+                           _b.suggest(it.base, ["blocks", *self.blocks])
+                           or "index `blocks` or a block name")
+            return None
+        pool = insts if it.base == "blocks" else [b for b in insts if b.rsplit(".", 1)[0] == it.base]
+        try:
+            bounds = [I.bound(None if b is None else self.eval(b, self.consts))
+                      for b in (it.start, it.stop)]
+            return I.select(it, pool, *bounds)
+        except _b._Skip:
+            return None
+        except I.IndexProblem as e:
+            self.diags.add(e.code, str(e), it.span, e.hint)
+            return None
 
     def _block_out(self, inst: str) -> str | None:
         return self.graph.meta.get("block_outputs", {}).get(inst)

@@ -216,18 +216,23 @@ def _conv_params(s, a):
     return p
 
 
-def _spatial_out(n: int, k: int, stride: int, padding: str) -> int:
+def _spatial_out(n: int, k: int, stride: int, padding: str | int) -> int:
+    if isinstance(padding, int):  # explicit zeros on both sides, as PyTorch's `padding = p`
+        return (n + 2 * padding - k) // stride + 1
     return -(-n // stride) if padding == "same" else (n - k) // stride + 1
 
 
-@op("conv", Arg("out"), Arg("kernel", 3), Arg("stride", 1), Arg("padding", "same", str,
+@op("conv", Arg("out"), Arg("kernel", 3), Arg("stride", 1), Arg("padding", "same", (str, int),
     ("same", "valid")), Arg("bias", True, bool), Arg("init", "default", str, _INITS),
     params=_conv_params, role="linear", mixes=("positions", "channels"),
-    doc="2-D convolution over an image (H, W, C).")
+    doc="2-D convolution over an image (H, W, C); `padding` is same, valid or a number p "
+        "of zero rows and columns on every side (PyTorch's `padding = p`).")
 def _conv(ins, a):
     (s,) = ins
     _need_rank(s, (3,), "conv")
     _positive(a, "out", "kernel", "stride")
+    if isinstance(a["padding"], int) and a["padding"] < 0:
+        raise ShapeError(f"padding must be ≥ 0, got {a['padding']}", code="E303")
     h, w, _ = s
     oh, ow = (_spatial_out(n, a["kernel"], a["stride"], a["padding"]) for n in (h, w))
     if oh <= 0 or ow <= 0:
@@ -252,6 +257,16 @@ def _pool(ins, a):
 for _name in ("maxpool", "avgpool"):
     op(_name, Arg("size", 2), Arg("stride", 0), Arg("padding", "valid", str, ("same", "valid")),
        role="pool", mixes=("positions",), doc=f"{_name[:3]} pooling over an image.")(_pool)
+
+
+@op("adaptive_avgpool", Arg("size"), role="pool", mixes=("positions",),
+    doc="Averages an image into a size×size grid of bins (PyTorch's AdaptiveAvgPool2d: bin i "
+        "covers rows ⌊i·H/size⌋ to ⌈(i+1)·H/size⌉); a smaller input is spread over the bins.")
+def _adaptive_pool(ins, a):
+    (s,) = ins
+    _need_rank(s, (3,), "adaptive_avgpool")
+    _positive(a, "size")
+    return (a["size"], a["size"], s[-1])
 
 
 @op("global_avgpool", role="pool", mixes=("positions",),

@@ -52,6 +52,10 @@ class ValueElaboration:
                     raise _b._Skip
                 return a // b
             return a / b
+        if isinstance(v, S.Index):
+            self.diags.add("E206", f"`{v.base}[...]` selects block instances, which only a loss "
+                           "target or a group's `params` can use", v.span)
+            raise _b._Skip
         raise _b._Skip  # pragma: no cover
 
     def _unknown_or_type(self, node, val, env, msg):
@@ -122,20 +126,23 @@ class ValueElaboration:
             except _b._Skip:
                 ok = False
                 continue
-            if isinstance(val, _b._Symbol) and not val.args and a.kind is str:
+            kinds = a.kind if isinstance(a.kind, tuple) else (a.kind,)
+            # a bare word is a string only where the op names its words (block arguments
+            # take strings in quotes)
+            if isinstance(val, _b._Symbol) and not val.args and (a.kind is str or str in kinds
+                                                                 and a.choices):
                 val = val.name
             if isinstance(val, _b._Symbol) and not val.args and not val.kwargs:
                 self.diags.add("E201", f"unknown name `{val.name}`", node.span, _b.suggest(val.name, env))
                 ok = False
                 continue
-            kinds = a.kind if isinstance(a.kind, tuple) else (a.kind,)
             if isinstance(val, bool) and bool not in kinds or not isinstance(val, kinds):
                 want = "/".join(k.__name__ for k in kinds)
                 self.diags.add("E206", f"argument `{a.name}` of `{fname}` must be {want}, got {val!r}",
                                node.span, _b._sig_hint(fname, sig))
                 ok = False
                 continue
-            if a.choices and val not in a.choices:
+            if a.choices and isinstance(val, str) and val not in a.choices:
                 self.diags.add("E207", f"argument `{a.name}` of `{fname}` must be one of "
                                f"{', '.join(map(str, a.choices))}, got {val!r}", node.span,
                                _b.suggest(str(val), map(str, a.choices)))

@@ -257,7 +257,7 @@ class Conv(AbstractLayer):
     weight: Float[Array, "k k c_in c_out"]
     bias: Float[Array, " c_out"] | None
     stride: int = eqx.field(static=True)
-    padding: str = eqx.field(static=True)
+    padding: str | int = eqx.field(static=True)
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
@@ -267,13 +267,16 @@ class Conv(AbstractLayer):
                    _bias(attrs, (attrs["out"],), dtype), attrs["stride"], attrs["padding"])
 
     def __check_init__(self):
-        if self.padding not in ("same", "valid"):
-            raise ValueError(f"conv padding must be same or valid, got {self.padding!r}")
+        if self.padding not in ("same", "valid") and not (
+                isinstance(self.padding, int) and self.padding >= 0):
+            raise ValueError(f"conv padding must be same, valid or a count ≥ 0, got {self.padding!r}")
 
     def __call__(self, x: Float[Array, "batch h w c_in"]) -> Float[Array, "batch oh ow c_out"]:
         dtype = jnp.result_type(x, self.weight)  # lax.conv does not promote
+        p = self.padding
+        pad = [(p, p), (p, p)] if isinstance(p, int) else p.upper()
         y = jax.lax.conv_general_dilated(
-            x.astype(dtype), self.weight.astype(dtype), (self.stride, self.stride), self.padding.upper(),
+            x.astype(dtype), self.weight.astype(dtype), (self.stride, self.stride), pad,
             dimension_numbers=("NHWC", "HWIO", "NHWC"))
         return y if self.bias is None else y + _lead(self.bias, y)
 

@@ -58,6 +58,33 @@ class AvgPool(_AbstractPool):
         return total / count
 
 
+def adaptive_bins(n: int, size: int) -> Array:
+    """``[size, n]`` averaging weights of PyTorch's adaptive pooling along one axis: bin i
+    covers ``⌊i·n/size⌋ .. ⌈(i+1)·n/size⌉`` (so an axis shorter than ``size`` is spread)."""
+    rows = []
+    for i in range(size):
+        lo, hi = (i * n) // size, -(-(i + 1) * n // size)
+        rows.append([1.0 / (hi - lo) if lo <= j < hi else 0.0 for j in range(n)])
+    return jnp.asarray(rows)
+
+
+@register("adaptive_avgpool")
+class AdaptiveAvgPool(AbstractLayer):
+    """Mean over a ``size``×``size`` grid of bins: ``[B, H, W, C] → [B, size, size, C]``,
+    as two small averaging matrices (one per axis), so any H and W work."""
+
+    size: int = eqx.field(static=True)
+
+    @classmethod
+    def build(cls, kind, attrs, in_shapes, *, key, dtype):
+        return cls(attrs["size"])
+
+    def __call__(self, x: Float[Array, "batch h w c"]) -> Float[Array, "batch size size c"]:
+        rows = adaptive_bins(x.shape[1], self.size).astype(x.dtype)
+        cols = adaptive_bins(x.shape[2], self.size).astype(x.dtype)
+        return jnp.einsum("ih,nhwc,jw->nijc", rows, x, cols)
+
+
 @register("global_avgpool")
 class GlobalAvgPool(AbstractLayer):
     """Mean over the positions of an image: ``[B, H, W, C] → [B, C]``."""

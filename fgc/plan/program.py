@@ -96,7 +96,7 @@ class Program:
         if algo.target == "global" and not any(l.final for l in g.losses.values()):
             d.add("E504", f"algorithm `{name}` trains from the final loss, but no loss is on `output`",
                   loss_span, "add `loss final = readout on output`")
-        if algo.target == "local" and not any(not l.final for l in g.losses.values()):
+        if algo.target == "local" and not any(not l.final or l.also_local for l in g.losses.values()):
             d.add("E505", f"algorithm `{name}` trains from local losses, but the spec has none",
                   loss_span, "add e.g. `loss local = head on blocks`")
         activity = [grp.name for grp in groups.values()
@@ -293,7 +293,8 @@ def _mark_stops(g: Graph, algo: Algorithm) -> None:
     for loss in g.losses.values():
         first = loss.head_nodes[0] if loss.head_nodes else loss.id
         e = g.edge(loss.source, first)
-        if loss.final and algo.target == "local" or not loss.final and algo.target == "global":
+        if loss.final and algo.target == "local" and not loss.also_local \
+                or not loss.final and algo.target == "global":
             e.stop_gradient, e.why = True, "readout"
         else:
             e.stop_gradient, e.why = False, None
@@ -325,13 +326,45 @@ def _resolve(sel: str, loss_names: set[str]) -> str:
     return sel
 
 
-def _show(sel: str) -> str:
+def _show(sel) -> str:
     """A selector as the user writes it."""
+    if isinstance(sel, (S.Index, _Instances)):
+        from fgc.graph.instances import show
+        return show(sel if isinstance(sel, S.Index) else sel.index)
     return f"heads({sel[6:]})" if sel.startswith("heads:") else sel
 
 
-def _selects(g: Graph, sel: str, nid: str) -> bool | None:
+@dataclass(frozen=True)
+class _Instances:
+    """A ``blocks[a:b]`` selector resolved against the graph: the instances it picks."""
+
+    index: S.Index
+    names: frozenset
+
+
+def _instances(g: Graph, sel: S.Index, grp: ParamGroup, d: Diags) -> _Instances | None:
+    """The block instances ``sel`` picks (:mod:`fgc.graph.instances`), or a located E201,
+    E206 or E208."""
+    from fgc.graph import instances as I
+    insts = list(g.meta.get("blocks", []))
+    defs = {i.rsplit(".", 1)[0] for i in insts}
+    span = sel.span or grp.span
+    if sel.base != "blocks" and sel.base not in defs:
+        d.add("E201", f"group `{grp.name}` indexes `{sel.base}`, which is no block of the network",
+              span, suggest(sel.base, ["blocks", *sorted(defs)]) or "index `blocks` or a block name")
+        return None
+    pool = insts if sel.base == "blocks" else [i for i in insts if i.rsplit(".", 1)[0] == sel.base]
+    try:
+        return _Instances(sel, frozenset(I.select(sel, pool, I.bound(sel.start), I.bound(sel.stop))))
+    except I.IndexProblem as e:
+        d.add(e.code, f"group `{grp.name}`: {e}", span, e.hint)
+        return None
+
+
+def _selects(g: Graph, sel, nid: str) -> bool | None:
     d = g.node(nid)
+    if isinstance(sel, _Instances):
+        return d.role == "op" and d.block in sel.names
     if sel in ("network", "backbone"):
         return d.role == "op"
     if sel == "blocks":
@@ -363,8 +396,13 @@ def _assign_groups(g: Graph, user: list[ParamGroup], d: Diags):
     claimed: dict[str, str] = {}
     defaults = set(groups)
     for grp in user:
-        select = tuple(_resolve(s, loss_names) for s in grp.select)
+        select = tuple(_instances(g, s, grp, d) if isinstance(s, S.Index) else _resolve(s, loss_names)
+                       for s in grp.select)
+        if any(s is None for s in select):  # an index out of range: reported
+            continue
         for s in select:
+            if isinstance(s, _Instances):
+                continue
             known = s in ("network", "backbone", "blocks", "heads", LOCAL_HEADS, FINAL_HEADS) \
                 or s in blocks or s.startswith("heads:") and s[6:] in loss_names
             if not known:

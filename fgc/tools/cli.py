@@ -15,13 +15,13 @@ from fgc.errors import FgError, plural
 
 
 def _cmd_check(args) -> int:
-    from fgc.plan.program import load
+    from fgc.front.overrides import load
     from fgc.graph.summary import summary_table
     from fgc.plan.credit import credit_table
     status = 0
     for path in args.specs:
         try:
-            prog = load(path)
+            prog = load(path, args.set)
             if prog.train.algorithm:  # the algorithm the spec asks for must apply (E504-E507)
                 for w in prog.plan().warnings:
                     print(w.render(prog.spec.source), file=sys.stderr)
@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--credit", action="store_true",
                    help="print the credit map: which loss replicas every site and weight answers to")
     c.add_argument("--algorithm", help="algorithm for --credit (default: the spec's, else lg-fg-a)")
+    _add_set(c)
     c.set_defaults(fn=_cmd_check)
 
     f = sub.add_parser("fmt", help="print specs in canonical form")
@@ -204,7 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_set(parser) -> None:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a setting of the spec's train, algorithm or group "
-                        "sections, e.g. train.optimizer.learning_rate=0.05, train.epochs=3, "
+                        "sections, or a constant, e.g. train.optimizer.learning_rate=0.05, "
+                        "train.epochs=3, const.AUX=mlp_aux, "
                         "group.heads.lr_scale=0.5, algorithm.lg-fg-a.estimator.tangents=4 "
                         "(repeatable)")
 
@@ -232,7 +234,7 @@ def _non_negative(text: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        if getattr(args, "set", None):  # the commands take a loaded Program as their spec
+        if getattr(args, "set", None) and hasattr(args, "spec"):  # a loaded Program as the spec
             from fgc.front.overrides import load
             args.spec = load(args.spec, args.set)
         return args.fn(args)

@@ -82,12 +82,13 @@ def _is_weight(path) -> bool:
     return getattr(path[-1], "name", None) == "weight"
 
 
-def param_group_labels(params: PyTree, plan: Plan) -> PyTree[str]:
+def param_group_labels(params: PyTree, plan: Plan, decay_all: bool = False) -> PyTree[str]:
     """``GROUP/decay`` for weights and kernels, ``GROUP/plain`` for biases and norm
-    parameters: the labels of :func:`make_optimizer`'s ``optax.partition``."""
+    parameters (``decay_all``: every parameter is ``decay``, as torch's SGD does): the
+    labels of :func:`make_optimizer`'s ``optax.partition``."""
     return jax.tree_util.tree_map_with_path(
         lambda path, _: f"{plan.assignment[_node_of(path)]}/"
-                        f"{'decay' if _is_weight(path) else 'plain'}", params)
+                        f"{'decay' if decay_all or _is_weight(path) else 'plain'}", params)
 
 
 def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
@@ -114,21 +115,28 @@ def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
         wd = train.weight_decay if grp.weight_decay is None else grp.weight_decay
         transforms[f"{name}/plain"] = opt
         transforms[f"{name}/decay"] = optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
-    return optax.partition(transforms, functools.partial(param_group_labels, plan=plan)), schedules
+    labels = functools.partial(param_group_labels, plan=plan, decay_all=train.decay_on == "all")
+    return optax.partition(transforms, labels), schedules
 
 
 # --- the step --------------------------------------------------------------------------------
 
-def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None
-              ) -> Callable:
+AUGMENT_STREAM = 0x617567  # folded into a step's key for its augmentation ("aug")
+
+def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None,
+              augment: Callable[[Array, Array], Array] | None = None) -> Callable:
     """The train step ``(net, opt_state, x, labels, key) -> (net, opt_state, losses)``.
 
     Estimation, local weight gradients, the optax update of the trainable arrays and
     the new buffers (batch-norm running statistics) run as one jit-compiled
     function; the network and optimizer state are donated (updated in place).
     ``max_traces`` makes a retrace an error (``eqx.debug.assert_max_traces``).
+    ``augment`` (:func:`fgc.training.augment.make`) transforms the batch first, on the
+    device, with randomness folded from the step's key.
     """
     def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
+        if augment is not None:  # a stream of its own: the estimator's draws stay as they were
+            x = augment(x, jax.random.fold_in(key, AUGMENT_STREAM))
         est = rule.estimate(net, x, labels, key)
         params = eqx.filter(net, trainable(net))
         updates, opt_state = tx.update(est.grads, opt_state, params)
@@ -221,6 +229,9 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
         data = load_dataset(name, data_dir)
     cfg = replace(cfg, dataset=data.name)
     _check_data(prog, data)
+    if cfg.augment and data.x_train.ndim != 4:
+        raise DataError(f"augment = [...] needs images [N, H, W, C], got inputs of shape "
+                        f"{data.x_train.shape[1:]}")
     steps = num_batches(len(data.x_train), cfg.batch_size, drop_last=True)
     if steps == 0:
         raise DataError(f"the training set has {len(data.x_train)} examples, fewer than one "
@@ -366,7 +377,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
                         (net, opt_state))
         clock.reset(global_step)
 
-    step_fn = make_step(run.rule, run.tx, max_traces=1)
+    from fgc.training.augment import make as make_augment
+    step_fn = make_step(run.rule, run.tx, max_traces=1, augment=make_augment(cfg.augment))
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
     if start < stop:
