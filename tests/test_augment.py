@@ -109,3 +109,30 @@ def test_training_augments_and_evaluation_does_not(tmp_path, monkeypatch):
         losses[name] = s["train_loss"]
     assert losses["plain"] != losses["aug"]
     assert seen and all(x is data.x_test or x is data.x_train for x in seen)
+
+
+def test_decay_on_all_reaches_biases_and_norm_parameters():
+    """[F]'s recipe decays every parameter (torch's SGD); fgc's default only weights."""
+    import equinox as eqx
+    import optax
+    from fgc.lowering.lower import lower, trainable
+    from fgc.training.train import make_optimizer
+    src = SPEC.replace("conv(4) | relu", "conv(4) | batchnorm | relu").replace(
+        "augment = AUG", "weight_decay = 0.5\n  optimizer = sgd(learning_rate = 1.0)\n"
+                         "  schedule = constant\n  decay_on = DECAY")
+    for decay_on in ("weights", "all"):
+        prog = loads(src.replace("DECAY", decay_on))
+        plan = prog.plan()
+        net = lower(plan, jax.random.key(0))
+        params = eqx.filter(net, trainable(net))
+        tx, _ = make_optimizer(plan, prog.train, 1)
+        zero = jax.tree_util.tree_map(jnp.zeros_like, params)
+        upd, _ = tx.update(zero, tx.init(params), params)
+        scale = upd.layers["net/batchnorm.1"].scale  # -lr · wd · scale with zero gradient
+        weight = upd.layers["net/conv.0"].weight
+        np.testing.assert_allclose(weight, -0.5 * params.layers["net/conv.0"].weight, rtol=1e-6)
+        want = -0.5 * np.ones(4) if decay_on == "all" else np.zeros(4)
+        np.testing.assert_allclose(scale, want, rtol=1e-6)
+    with pytest.raises(SpecError) as e:
+        loads(src.replace("DECAY", "biases"))
+    assert e.value.diagnostics[0].code == "E207"

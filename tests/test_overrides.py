@@ -131,3 +131,19 @@ def test_cli_train_bench_diagnose_take_set(capsys):
     assert main(["train", SPEC, "--out", "/nonexistent/x", "--set", "train.epoch=3"]) == 1
     err = capsys.readouterr().err
     assert err.startswith("--set train.epoch=3: error[E203]") and "Traceback" not in err
+
+
+def test_set_a_constant_rebuilds_the_network_and_picks_heads():
+    from pathlib import Path
+    from fgc.front.overrides import load
+    base = Path(__file__).resolve().parents[1] / "specs" / "resnet18-k8.fg"
+    small = load(base, ["const.W=2", "const.AUX=linear_aux"])
+    heads = {small.graph.node(n).kind for n in small.graph.g if small.graph.node(n).role == "head"}
+    assert "conv" not in heads and "adaptive_avgpool" in heads
+    assert small.graph.node("stem.1/conv.0").shape == (32, 32, 2)
+    for sets, code, message in ((["const.WW=2"], "E201", "no constant `WW`"),
+                                (["const.W.x=2"], "E204", "const.NAME"),
+                                (["const.AUX=mlpaux"], "E201", "unknown head `mlpaux`")):
+        with pytest.raises(SpecError) as e:
+            load(base, sets)
+        assert e.value.diagnostics[0].code == code and message in e.value.diagnostics[0].message

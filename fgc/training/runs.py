@@ -104,6 +104,9 @@ def identity(run, *, tangents: int | None, credit: str | None) -> dict[str, Any]
     cfg = run.train
     settings = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                 for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "eval_batch_size")}
+    for k in ("augment", "decay_on"):  # newer settings: at their default, runs from before match
+        if getattr(cfg, k) == getattr(type(cfg)(), k):
+            settings.pop(k)
     settings.update(optimizer=_call_text(cfg.optimizer), schedule=_call_text(cfg.schedule),
                     algorithm=cfg.algorithm or "bp", tangents=tangents, credit=credit,
                     train_examples=len(run.data.x_train))
