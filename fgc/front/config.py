@@ -14,7 +14,7 @@ from pathlib import Path
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
-ESTIMATORS = ("backprop", "forward")
+ESTIMATORS = ("backprop", "forward", "project")
 PERTURB = ("activity", "weights")
 NOISE = ("gaussian", "rademacher")
 AGGREGATE = ("mean",)  # orthogonal projection ([M]) plugs in here
@@ -40,10 +40,20 @@ class Estimator:
     aggregate: str = "mean"
     guess: str = "random"
     credit: str = "exact"
+    # project(...) only ([F], fgc.front.projection): the gradient target, the space and
+    # granularity of the projection, its ε, and the batch-norm mode of the guess pass.
+    target: str | None = None
+    space: str | None = None
+    granularity: str | None = None
+    eps: float = 1e-12
+    guess_bn: str = "eval"
 
     def describe(self) -> str:
         if self.kind == "backprop":
             return "backprop"
+        if self.kind == "project":
+            from fgc.front.projection import describe
+            return describe(self)
         credit = "" if self.credit == "exact" else f", credit={self.credit}"
         return f"forward({self.perturb}, {self.noise}, K={self.tangents}{credit})"
 
@@ -159,6 +169,9 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
         return None
     if v.func == "backprop":
         return Estimator("backprop")
+    if v.func == "project":
+        from fgc.front.projection import project_from
+        return project_from(v, d)
     if v.args:
         d.add("E205", "forward(...) takes keyword arguments only", v.span,
               "forward(perturb = activity, noise = gaussian, tangents = 1)")
@@ -211,6 +224,9 @@ def algorithm_from(sec: S.Section, d: Diags, source: str = "preset") -> Algorith
         kw["estimator"] = estimator_from(st["estimator"], d)
     if any(v is None for v in kw.values()):
         return None
+    if kw.get("estimator") is not None and kw["estimator"].kind == "project":
+        from fgc.front.projection import project_algorithm
+        return project_algorithm(sec, st, kw, d, source)
     return Algorithm(sec.name, source=source, **kw)
 
 
