@@ -222,11 +222,11 @@ def algorithm_from(sec: S.Section, d: Diags, source: str = "preset") -> Algorith
             kw["greedy"] = st["greedy"].value
     if "estimator" in st:
         kw["estimator"] = estimator_from(st["estimator"], d)
-    if any(v is None for v in kw.values()):
-        return None
-    if kw.get("estimator") is not None and kw["estimator"].kind == "project":
+    if isinstance(st.get("estimator"), S.Call) and st["estimator"].func == "project":
         from fgc.front.projection import project_algorithm
         return project_algorithm(sec, st, kw, d, source)
+    if any(v is None for v in kw.values()):
+        return None
     return Algorithm(sec.name, source=source, **kw)
 
 

@@ -119,9 +119,9 @@ def project_algorithm(sec: S.Section, settings: dict, kw: dict, d: Diags, source
         d.add("E203", f"`{k}` of a project(...) algorithm is decided by the projection",
               settings[k].span, "write the gradient target inside it: "
               "project(target = global | local | above, ...); the blocks are never greedy-cut")
-    if bad:
+    est = kw.get("estimator")
+    if bad or est is None:
         return None
-    est = kw["estimator"]
     return Algorithm(sec.name, target="global" if est.target == "global" else "local",
                      greedy=False, estimator=est, source=source)
 
