@@ -24,6 +24,10 @@ or per example and parameter tensor), ``tensor`` (weights: one tensor over the b
 the per-example directional derivative; where batch statistics mix the examples on the
 target's path the plan says so (``Unit.coupled``) and one jvp per example is run.
 
+Unlike [F]'s released code (REFERENCE §7), every parameter tensor gets its own projected
+gradient (a bias's is never written into its weight's), and no space is offered that
+would silently run another (its "sign" and "span" call the plain projection).
+
 Per-example weight guesses are per-example parameter tangents: ``(∂y_n/∂W)·G̃_{n,W}`` at
 the layer's output ``y``, one jvp per parameter tensor; layers that mix examples (batch
 norm) are evaluated on the whole batch per example (B× that layer's cost).
