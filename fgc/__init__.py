@@ -13,10 +13,12 @@ from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, Lowerin
 from fgc.graph.ir import EdgeData, Graph, LossInfo, NodeData
 from fgc.front.parse import parse, parse_file
 from fgc.plan.program import Plan, Program, load, loads
+from fgc.plan.guesses import Unit as ProjectionUnit
 
 __all__ = [
     "Algorithm", "CheckpointError", "DataError", "Diagnostic", "EdgeData", "Estimator",
     "FgError", "Graph", "LossInfo", "LoweringError", "NodeData", "ParamGroup", "Plan", "Program",
+    "ProjectionUnit",
     "Span", "SpecError", "TrainConfig", "TrainingError", "load", "loads", "parse", "parse_file",
     "presets",
 ]

@@ -71,3 +71,19 @@ def lean_mixer(title: str) -> str:
             "network {\n  out x | patchify(2) | stem(8) | mixer(8, 2)\n}\n\n"
             "loss local = local_head on blocks, replicate = [patches]\n"
             "loss final = readout on output\n")
+
+
+def guess_blocks(title: str = "guess blocks", *, blocks: int = 3, width: int = 5,
+                 batchnorm: bool = False, algorithms: str = "") -> str:
+    """``blocks`` small dense blocks on 6-vectors, 3 classes, each with a small local
+    auxiliary head (``loss local = aux on blocks``) and a readout: the multi-block spec
+    the gradient-guess estimators of Fournier et al. are tested on. ``batchnorm=True``
+    puts a batch norm in every block (the examples are then coupled in the target pass);
+    ``algorithms`` is appended (``algorithm`` sections)."""
+    norm = "batchnorm" if batchnorm else "layernorm"
+    return (f'\nspec "{title}"\ninput x = vector(6), classes = 3\n\n'
+            f"block layer(w) {{\n  out in | dense(w) | {norm} | relu\n}}\n\n"
+            "head aux = dense(4) | relu | linear(classes)\n"
+            "head readout = linear(classes)\n\n"
+            f"network {{\n  out x | {' | '.join([f'layer({width})'] * blocks)}\n}}\n\n"
+            "loss local = aux on blocks\nloss final = readout on output\n" + algorithms)

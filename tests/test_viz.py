@@ -256,7 +256,9 @@ group front {
 '''
 
 
-@pytest.mark.parametrize("algo", sorted(presets()))
+# (a projection's target is cut off `layer.1` by the stopgrad there: E511, not a drawing)
+@pytest.mark.parametrize("algo", sorted(a for a, al in presets().items()
+                                        if al.estimator.kind != "project"))
 def test_escaping_stopgrad_groups_and_rows(algo):
     plan = loads(ODD, "odd.fg").plan(algo)
     dot = viz.to_dot(plan)

@@ -14,7 +14,7 @@ from pathlib import Path
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
-ESTIMATORS = ("backprop", "forward")
+ESTIMATORS = ("backprop", "forward", "project")
 # Fixed random backward weights (Lillicrap et al. 2016; Nøkland 2016): model buffers, never trained.
 FEEDBACK = ("feedback_alignment", "direct_feedback_alignment")
 PERTURB = ("activity", "weights")
@@ -43,12 +43,22 @@ class Estimator:
     guess: str = "random"
     credit: str = "exact"
     scale: float = 1.0  # feedback kinds only: the random matrices' std relative to the default
+    # project(...) only ([F], fgc.front.projection): the gradient target, the space and
+    # granularity of the projection, its ε, and the batch-norm mode of the guess pass.
+    target: str | None = None
+    space: str | None = None
+    granularity: str | None = None
+    eps: float = 1e-12
+    guess_bn: str = "eval"
 
     def describe(self) -> str:
         if self.kind == "backprop":
             return "backprop"
         if self.kind in FEEDBACK:
             return self.kind if self.scale == 1.0 else f"{self.kind}(scale={self.scale:g})"
+        if self.kind == "project":
+            from fgc.front.projection import describe
+            return describe(self)
         credit = "" if self.credit == "exact" else f", credit={self.credit}"
         return f"forward({self.perturb}, {self.noise}, K={self.tangents}{credit})"
 
@@ -171,6 +181,9 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
         return None
     if v.func == "backprop":
         return Estimator("backprop")
+    if v.func == "project":
+        from fgc.front.projection import project_from
+        return project_from(v, d)
     if v.args:
         d.add("E205", "forward(...) takes keyword arguments only", v.span,
               "forward(perturb = activity, noise = gaussian, tangents = 1)")
@@ -247,6 +260,9 @@ def algorithm_from(sec: S.Section, d: Diags, source: str = "preset") -> Algorith
             kw["greedy"] = st["greedy"].value
     if "estimator" in st:
         kw["estimator"] = estimator_from(st["estimator"], d)
+    if isinstance(st.get("estimator"), S.Call) and st["estimator"].func == "project":
+        from fgc.front.projection import project_algorithm
+        return project_algorithm(sec, st, kw, d, source)
     if any(v is None for v in kw.values()):
         return None
     return Algorithm(sec.name, source=source, **kw)

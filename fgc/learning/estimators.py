@@ -193,11 +193,13 @@ def register(name: str) -> Callable[[type[PassRule]], type[PassRule]]:
 
 def rule_name(est: Estimator) -> str:
     """The registered rule an estimator runs: ``backprop``, ``forward-weights``, ..."""
+    if est.kind == "project":
+        return f"project-{est.space}"
     return est.kind if est.kind != "forward" else f"forward-{est.perturb}"
 
 
 def _rule_class(est: Estimator) -> type[PassRule]:
-    from fgc.learning import feedback, passes  # noqa: F401  (registers the built-in rules)
+    from fgc.learning import feedback, passes, projection  # noqa: F401  (register the built-in rules)
     name = rule_name(est)
     if name not in RULES:
         raise LoweringError(f"no update rule is registered for estimator `{est.describe()}` "

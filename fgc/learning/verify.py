@@ -90,6 +90,10 @@ class Report:
     bound: float
     layers: list[LayerCheck] = field(default_factory=list)
     seconds: float = 0.0
+    # which check ran: unbiasedness (forward gradients), or the exact projection
+    # (project(...) estimators, fgc.learning.verify_projection), and what it found
+    check: str = "unbiased: the mean of the estimates against jax.grad (max |z| bound)"
+    problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -103,6 +107,11 @@ class Report:
         lines = [f"{self.algorithm} (credit {self.credit}): {self.samples} estimates of a "
                  f"batch of {self.batch_size}, float64, bound max|z| ≤ {self.bound:.2f} · "
                  f"{self.seconds:.1f}s"]
+        if self.problems or not self.check.startswith("unbiased"):
+            lines[0] = (f"{self.algorithm}: {self.samples} draws of a batch of "
+                        f"{self.batch_size}, float64 · {self.seconds:.1f}s")
+            lines.append(f"  check: {self.check}")
+            lines.extend(f"  differs: {p}" for p in self.problems)
         w = max([len(l.node) for l in self.layers] + [4])
         r = max([len(l.rule) for l in self.layers] + [4])
         lines.append(f"  {'node':<{w}}  {'group':<10} {'rule':<{r}} {'max z':>8} {'rel err':>9} "
@@ -113,16 +122,19 @@ class Report:
             verdict = "ok" if l.ok else ("MISMATCH" if det else "BIASED")
             lines.append(f"  {l.node:<{w}}  {l.group:<10} {l.rule:<{r}} {z:>8} "
                          f"{l.rel_error:>9.2e} {l.noise:>9.2e}  {verdict}")
-        checks = sorted({l.check for l in self.layers})
-        lines.append("  checks: " + "; ".join(
-            f"{c} ({sum(1 for l in self.layers if l.check == c)} nodes)" for c in checks))
+        if self.check.startswith("unbiased"):  # a projection's report says its check above
+            checks = sorted({l.check for l in self.layers})
+            lines.append("  checks: " + "; ".join(
+                f"{c} ({sum(1 for l in self.layers if l.check == c)} nodes)" for c in checks))
+        word = "biased" if self.check.startswith("unbiased") else "differ from their rule"
         lines.append("  verdict: " + ("every group's update matches its rule" if self.ok else
-                                      f"{len(self.biased)} biased: {', '.join(self.biased)}"))
+                                      f"{len(self.biased)} {word}: {', '.join(self.biased)}"))
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {"algorithm": self.algorithm, "credit": self.credit, "samples": self.samples,
                 "batch_size": self.batch_size, "bound": self.bound, "ok": self.ok,
+                "check": self.check, "problems": self.problems,
                 "biased": self.biased, "seconds": self.seconds,
                 "layers": [l.__dict__ for l in self.layers]}
 
@@ -188,6 +200,9 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
       alpha: family-wise false-alarm rate of the bound on max |z|.
       chunk: estimates per compiled call (default: by parameter count).
     """
+    if any(plan.estimator_of(g).kind == "project" for g in set(plan.assignment.values())):
+        from fgc.learning.verify_projection import verify_projection
+        return verify_projection(plan, samples=samples, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with jax.enable_x64(True):
         net = _without_zero_weights(

@@ -43,7 +43,8 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from fgc.training.data import DATASET_STATS, normalize as _normalize
 from fgc.errors import LoweringError
-from fgc.lowering.modules import AbstractLayer, Buffer, StatefulLayer, is_buffer, make_layer, trainable
+from fgc.lowering.modules import (AbstractLayer, Buffer, FrozenLayers, StatefulLayer, is_buffer,
+                                  make_layer, trainable)
 from fgc.lowering.replicated import replicated_xent, xent
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ class Network(eqx.Module):
       feedback: node id → its fixed random feedback matrix
         (:class:`fgc.lowering.modules.Feedback`, a buffer), as the plan's
         ``feedback`` asks (:mod:`fgc.plan.feedback`); empty for other algorithms.
+      fixed: the fixed random auxiliary heads of ``project(guess = fixed)`` (a
+        buffer: never trained), head node id → layer; empty otherwise.
     """
 
     layers: dict[str, AbstractLayer]
@@ -183,6 +186,7 @@ class Network(eqx.Module):
     input_std: tuple[float, ...] | None = eqx.field(static=True)
     algorithm: str | None = eqx.field(static=True)
     feedback: dict[str, Buffer] = eqx.field(default_factory=dict)
+    fixed: FrozenLayers | None = None
 
     def __check_init__(self):
         ids = {s.id for s in self.steps}
@@ -420,12 +424,18 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
                                                                        (None, None))
     if mean is not None:
         mean, std = tuple(map(float, mean)), tuple(map(float, std))
+    fixed = {n: make_layer(g.node(n).kind, g.node(n).attrs, [g.node(u).shape for u in g.inputs(n)],
+                           key=jax.random.fold_in(key, zlib.crc32(f"fixed:{n}".encode())),
+                           dtype=dtype)
+             for units in getattr(plan, "units", {}).values() for u in units
+             if u.guess == "fixed" for lid in u.aux_heads for n in g.losses[lid].head_nodes}
     from fgc.lowering.feedback import feedback_matrices
     return Network(layers, tuple(steps), tuple(losses),
                    tuple(s.id for s in steps if s.kind == "perturb" and s.role == "op"),
                    final, input_id, tuple(g.node(input_id).shape), mean, std,
                    g.meta.get("algorithm"),
-                   feedback_matrices(plan, layers, {s.id: s.shape for s in steps}, key, dtype))
+                   feedback_matrices(plan, layers, {s.id: s.shape for s in steps}, key, dtype),
+                   FrozenLayers(fixed) if fixed else None)
 
 
 def _node_of(path) -> str:

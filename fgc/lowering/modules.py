@@ -43,7 +43,7 @@ from fgc.errors import LoweringError
 Shape = tuple[int, ...]
 
 __all__ = [
-    "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Feedback",
+    "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Feedback", "FrozenLayers",
     "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "StatefulLayer", "TokenMix", "init_std", "is_buffer",
     "make_layer", "register", "trainable",
 ]
@@ -153,6 +153,14 @@ class Feedback(Buffer):
     once at lowering, saved with the checkpoint, never trained, decayed or perturbed."""
 
     matrix: Array
+
+
+class FrozenLayers(Buffer):
+    """Layers that never learn: the fixed random auxiliary heads of a ``project(guess =
+    fixed)`` estimator ([F]), drawn once at initialisation, keyed by the head node they
+    stand in for."""
+
+    layers: dict[str, "AbstractLayer"]
 
 
 def is_buffer(x) -> bool:

@@ -40,6 +40,7 @@ class Plan:
     credit: dict[str, CreditMap] = field(default_factory=dict)  # credit rule -> map
     warnings: tuple[Diagnostic, ...] = ()  # W601-W603: what plans but cannot work as written
     feedback: tuple[FeedbackNeed, ...] = ()  # fixed random matrices to lower (fgc.plan.feedback)
+    units: dict = field(default_factory=dict)  # project estimator -> its units (plan.guesses)
 
     def credit_map(self, rule: str = "exact") -> CreditMap:
         """The planned credit map under ``rule`` (:data:`fgc.plan.credit.RULES`)."""
@@ -113,6 +114,7 @@ class Program:
             _check_site_coverage(g, {n: whose[gr] for n, gr in assignment.items()
                                      if gr in activity and g.node(n).role == "op"}, d)
         _check_direct_feedback(g, algo, groups, assignment, loss_span, d)
+        units = _projection_units(g, algo, groups, assignment, d, loss_span, name)
         if not d:
             sizes.check(g, self.train.batch_size, d, tangents=sizes.max_tangents(
                 Plan(g, algo, groups, assignment, self.train)), why=f" under `{name}`")
@@ -120,7 +122,7 @@ class Program:
             raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
         plan = Plan(g, algo, groups, assignment, self.train,
-                    {rule: credit_map(g, rule) for rule in CREDIT_RULES})
+                    {rule: credit_map(g, rule) for rule in CREDIT_RULES}, units=units)
         plan = replace(plan, feedback=feedback_needs(
             g, {n: plan.estimator_of(gr) for n, gr in assignment.items()}))
         return replace(plan, warnings=tuple(plan_warnings(plan, name, net_span, self.groups)))
@@ -134,6 +136,8 @@ def learns(plan: Plan, nid: str) -> bool:
     if d.role == "head":
         return True
     est = plan.estimator_of(plan.assignment[nid])
+    if est.kind == "project":
+        return any(nid in u.params for u in plan.units.get(est, ()))
     cmap = plan.credit_map(est.credit if est.kind == "forward" else "exact")
     if est.kind == "forward" and est.perturb == "activity":
         return any(cmap.sites[s] for s, owners in cmap.owners.items() if nid in owners)
@@ -215,6 +219,18 @@ def _check_direct_feedback(g: Graph, algo: Algorithm, groups: dict, assignment: 
               "local losses (l-fa, lg-fa)")
 
 
+def _projection_units(g: Graph, algo: Algorithm, groups: dict, assignment: dict, d: Diags,
+                      span, name: str) -> dict:
+    """Each project(...) estimator's units (:func:`fgc.plan.guesses.plan_units`)."""
+    from fgc.plan.guesses import plan_units
+    by_est: dict[Estimator, set[str]] = {}
+    for n, gr in assignment.items():
+        est = groups[gr].estimator or algo.estimator
+        if g.node(n).role == "op" and est.kind == "project":
+            by_est.setdefault(est, set()).add(n)
+    return {est: plan_units(g, est, nodes, d, span, name) for est, nodes in by_est.items()}
+
+
 def _owns_backbone(g: Graph, assignment: dict, group: str) -> bool:
     return any(gr == group and g.node(n).role == "op" for n, gr in assignment.items())
 
@@ -290,11 +306,12 @@ def _mark_stops(g: Graph, algo: Algorithm) -> None:
             e.stop_gradient, e.why = True, "greedy"
         elif algo.greedy and du.role == "op" and dv.role == "op" and du.block and not dv.block:
             e.stop_gradient, e.why = True, "greedy"
+    project = algo.estimator.kind == "project"  # its rule cuts what it needs (plan.guesses)
     for loss in g.losses.values():
         first = loss.head_nodes[0] if loss.head_nodes else loss.id
         e = g.edge(loss.source, first)
-        if loss.final and algo.target == "local" and not loss.also_local \
-                or not loss.final and algo.target == "global":
+        if not project and (loss.final and algo.target == "local" and not loss.also_local
+                            or not loss.final and algo.target == "global"):
             e.stop_gradient, e.why = True, "readout"
         else:
             e.stop_gradient, e.why = False, None

@@ -264,10 +264,14 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
     if changes and not any(plan.estimator_of(plan.assignment[n]).kind == "forward"
                            for n in plan.assignment):
         flags = " and ".join(f"--{k}" for k in changes)
+        how = ("projects onto gradient guesses (project(...): one guess per step, no credit "
+               "rule)" if any(plan.estimator_of(g).kind == "project"
+                             for g in set(plan.assignment.values()))
+               else "trains every parameter by backprop")
         raise TrainingError(f"{flags} set{'s' if len(changes) == 1 else ''} the forward-gradient "
-                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` trains "
-                            "every parameter by backprop; drop the flag or pick a forward-gradient "
-                            "algorithm (e.g. --algorithm lg-fg-a)")
+                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` {how}; "
+                            "drop the flag or pick a forward-gradient algorithm "
+                            "(e.g. --algorithm lg-fg-a)")
 
     def fix(est):
         return replace(est, **changes) if est is not None and est.kind == "forward" else est

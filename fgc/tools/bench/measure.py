@@ -37,7 +37,9 @@ def supported_algorithms(spec) -> tuple[list[str], dict[str, str]]:
     from fgc.front.config import presets
     prog = load_program(spec)
     chosen, skipped = [], {}
-    for name in presets():
+    for name, algo in presets().items():
+        if algo.estimator.kind == "project":  # Ren et al.'s seven by default; guesses by name
+            continue
         try:
             prog.plan(name)
         except FgError as e:

@@ -18,7 +18,7 @@ from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TAN
 from fgc.tools.diagnose.core import (_draws_fn, _grad_fn, _per_example_fn, build_rule,
                                      end_to_end_net)
 from fgc.tools.diagnose.setup import (_batch_stream, _check_settings, _dataset, _plan,
-                                      _variant_plans)
+                                      _variant_plans, target_plan)
 from fgc.tools.diagnose.stats import (Leaf, _jsonable, _layer_stats, _leaves, _unit_stats,
                                       _units)
 
@@ -83,6 +83,8 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     t_start = time.perf_counter()
     prog = load_program(spec)
     name, plan = _plan(prog, algorithm, credit)
+    if plan.algorithm.estimator.kind == "project":
+        ks = (1,)  # a projection draws one guess per step: no tangent count to vary
     variant_plans, missing = _variant_plans(prog, plan, name)
     cfg_batch = batch_size or prog.train.batch_size
     cfg_seed = prog.train.seed if seed is None else seed
@@ -93,9 +95,15 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     stream = _batch_stream(run.data, cfg.batch_size, cfg.seed, cfg.flip)
     net = _warm_up(run, stream, warmup_steps, name, log)
     e2e_net, e2e_note = _end_to_end(prog, plan, run, net)
+    tplan = target_plan(prog, plan)
+    if tplan is None:
+        raise DiagnoseError(f"`{name}` has target `above`, whose exact gradient no backprop "
+                            "algorithm computes; `fgc verify` checks it against the exact "
+                            "projection instead")
+    target_net = net if tplan is plan else end_to_end_net(tplan, run, net)
     probe = _probe(plan, variant_plans, net, ks, cfg.batch_size, memory_budget)
     t_measure = time.perf_counter()
-    sums = _measure(probe, net, e2e_net, stream, run.key, batches, draws, log)
+    sums = _measure(probe, net, e2e_net, stream, run.key, batches, draws, log, target_net)
 
     e2e_ok = e2e_net is not None
     if e2e_ok and not sums.e2e_sq.any():
@@ -178,14 +186,15 @@ def _probe(plan, variant_plans, net, ks, B: int, memory_budget: int | None) -> _
 
     g = plan.graph
     nodes = {n for n, grp in plan.assignment.items() if g.node(n).role == "op"
-             and plan.estimator_of(grp).kind == "forward"}
+             and plan.estimator_of(grp).kind in ("forward", "project")}
     leaves = _leaves(net, plan, nodes)
     indices = tuple(l.index for l in leaves)
     n_params = sum(l.size for l in leaves)
     weights = [i for i, l in enumerate(leaves) if l.param == "weight"]
     mixes_examples = any(OPS[s.kind].mixes_examples for s in net.steps if s.kind in OPS)
 
-    rules = {kind: {k: build_rule(with_estimator(p, tangents=k), net) for k in ks}
+    rules = {kind: {k: build_rule(p if p.algorithm.estimator.kind == "project" else
+                                  with_estimator(p, tangents=k), net) for k in ks}
              for kind, p in variant_plans.items()}
     available = _available_bytes()
     budget = memory_budget or max(256 << 20, available // 4)
@@ -253,7 +262,8 @@ class _Sums:
     dots: dict  # kind → [K, batches, draws, leaves, 3]: ĝ·g, ĝ·g_e2e, ‖ĝ‖²
 
 
-def _measure(p: _Probe, net, e2e_net, stream, key, batches: int, draws: int, log) -> _Sums:
+def _measure(p: _Probe, net, e2e_net, stream, key, batches: int, draws: int, log,
+             target_net=None) -> _Sums:
     import jax.numpy as jnp
 
     L = len(p.leaves)
@@ -263,7 +273,7 @@ def _measure(p: _Probe, net, e2e_net, stream, key, batches: int, draws: int, log
     for b in range(batches):
         xb, yb = next(stream)
         x, y = jnp.asarray(xb), jnp.asarray(yb)
-        true, e2e = _exact(p, s, b, net, e2e_net, x, y)
+        true, e2e = _exact(p, s, b, net, e2e_net, x, y, target_net)
         for kind in p.rules:
             t0 = time.perf_counter()
             for ki, k in enumerate(p.ks):
@@ -273,13 +283,13 @@ def _measure(p: _Probe, net, e2e_net, stream, key, batches: int, draws: int, log
     return s
 
 
-def _exact(p: _Probe, s: _Sums, b: int, net, e2e_net, x, y):
+def _exact(p: _Probe, s: _Sums, b: int, net, e2e_net, x, y, target_net=None):
     """The target and end-to-end gradients of batch ``b`` (recording their squared norms)
     and its per-example squared gradient norms."""
     import jax.numpy as jnp
 
     indices = p.indices
-    all_leaves = p.grad(net, x, y)
+    all_leaves = p.grad(net if target_net is None else target_net, x, y)
     true = [all_leaves[i] for i in indices]
     s.true_sq[b] = [float(jnp.vdot(t, t)) for t in true]
     if e2e_net is not None:

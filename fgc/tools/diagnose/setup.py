@@ -44,8 +44,8 @@ def _check_settings(tangents, batches, draws, batch_size, warmup_steps, seed) ->
 def _is_forward(plan) -> bool:
     """Whether some backbone parameter learns by a forward-gradient estimator."""
     g = plan.graph
-    return any(plan.estimator_of(grp).kind == "forward" for n, grp in plan.assignment.items()
-               if g.node(n).role == "op")
+    return any(plan.estimator_of(grp).kind in ("forward", "project")
+               for n, grp in plan.assignment.items() if g.node(n).role == "op")
 
 
 def _not_forward_error(plan, name: str) -> DiagnoseError:
@@ -72,7 +72,12 @@ def _variant_plans(prog, plan, name: str) -> tuple[dict, dict]:
     base = plan.algorithm
     plans, missing = {}, {}
     for kind in KINDS:
-        est = replace(base.estimator, kind="forward", perturb=kind, tangents=1)
+        if base.estimator.kind == "project":  # the same projection in the other space
+            gran = base.estimator.granularity
+            est = replace(base.estimator, space=kind, granularity="block" if
+                          kind == "activity" and gran == "tensor" else gran)
+        else:
+            est = replace(base.estimator, kind="forward", perturb=kind, tangents=1)
         algo = Algorithm(f"{name}[{kind}]", base.target, base.greedy, est, source="fgc diagnose")
         variant = replace(prog, algorithms={**prog.algorithms, algo.name: algo})
         try:
@@ -80,6 +85,16 @@ def _variant_plans(prog, plan, name: str) -> tuple[dict, dict]:
         except SpecError as e:
             missing[kind] = "; ".join(d.message for d in e.diagnostics)
     return plans, missing
+
+
+def target_plan(prog, plan):
+    """The plan whose objective's exact gradient is a projection's target: ``bp`` for a
+    global target, ``lg-bp`` (each block its own losses) for a local one; None for
+    ``above``, which no backprop preset computes. Other algorithms: the plan itself."""
+    est = plan.algorithm.estimator
+    if est.kind != "project":
+        return plan
+    return {"global": prog.plan("bp"), "local": prog.plan("lg-bp")}.get(est.target)
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -129,10 +144,12 @@ def _plan(prog, algorithm: str | None, credit: str | None):
     plan = prog.plan(name)  # SpecError (with a suggestion) for an unknown name
     if not _is_forward(plan):
         raise _not_forward_error(plan, name)
-    if plan.algorithm.estimator.kind != "forward":
+    if plan.algorithm.estimator.kind not in ("forward", "project"):
         raise DiagnoseError(f"`{name}` uses backprop and only some parameter groups set a "
                             "forward estimator; diagnose varies the algorithm's estimator, so "
                             "give the algorithm a forward(...) estimator instead")
+    if credit is not None and plan.algorithm.estimator.kind == "project":
+        raise DiagnoseError(f"`{name}` projects onto a guess and has no credit rule; drop --credit")
     if credit is not None:
         try:
             plan = with_estimator(plan, credit=credit)
