@@ -254,9 +254,9 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
                            for n in plan.assignment):
         flags = " and ".join(f"--{k}" for k in changes)
         raise TrainingError(f"{flags} set{'s' if len(changes) == 1 else ''} the forward-gradient "
-                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` trains "
-                            "every parameter by backprop; drop the flag or pick a forward-gradient "
-                            "algorithm (e.g. --algorithm lg-fg-a)")
+                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` has "
+                            "none (it trains by backprop or feedback alignment); drop the flag or "
+                            "pick a forward-gradient algorithm (e.g. --algorithm lg-fg-a)")
 
     def fix(est):
         return replace(est, **changes) if est is not None and est.kind == "forward" else est
