@@ -164,8 +164,8 @@ def test_algorithm_the_spec_cannot_run(final_only):
         bench_spec(final_only, ["bp", "lg-bp"], steps=1)
     assert "error[E505]" in str(e.value) and "--algorithms" in str(e.value)
     names, skipped = supported_algorithms(final_only)
-    assert names == ["bp", "fg-w", "fg-a"]
-    assert set(skipped) == {"l-bp", "lg-bp", "lg-fg-w", "lg-fg-a"}
+    assert names == ["bp", "fg-w", "fg-a", "fa", "dfa"]
+    assert set(skipped) == {"l-bp", "lg-bp", "lg-fg-w", "lg-fg-a", "l-fa", "lg-fa"}
     assert all("local" in why for why in skipped.values())
 
 
@@ -198,7 +198,7 @@ SPECS = sorted((Path(__file__).resolve().parents[1] / "specs").glob("*.fg"))
 @pytest.mark.parametrize("path", SPECS, ids=[p.stem for p in SPECS])
 def test_every_spec_in_the_corpus_benches_every_preset(path):
     """`fgc bench SPEC` without --algorithms runs what supported_algorithms returns: for
-    the corpus, all seven algorithms (timing them all here would take minutes per spec)."""
+    the corpus, every preset (timing them all here would take minutes per spec)."""
     names, skipped = supported_algorithms(path)
     assert names == [n for n, a in fgc.presets().items() if a.estimator.kind != "project"] \
         and skipped == {}

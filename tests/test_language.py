@@ -49,7 +49,8 @@ _load = functools.cache(load)  # plans copy the graph, so one Program serves eve
 def test_presets_are_the_algorithms_file():
     text = (SPECS.parent / "grammar" / "algorithms.fg").read_text(encoding="utf-8")
     assert set(presets()) == set(re.findall(r"^algorithm (\S+) \{", text, re.M)) \
-        == {"bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a", "guess-local-a",
+        == {"bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a", "fa", "l-fa", "lg-fa",
+            "dfa", "guess-local-a",
             "guess-local-w", "guess-ntk-a", "guess-ntk-w", "guess-random-a", "guess-random-w"}
 
 
@@ -64,7 +65,7 @@ def test_every_preset_plans_every_spec(spec, algo):
         try:
             plan = prog.plan(algo)
         except SpecError as e:  # no final loss, or a block without the aux loss it guesses from
-            assert set(e.value.codes) <= {"E504", "E511"}, e.value
+            assert set(e.codes) <= {"E504", "E511"}, e
             return
         g = plan.graph
         assert not any(g.edge(u, v).stop_gradient and g.edge(u, v).why != "spec"

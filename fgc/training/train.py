@@ -267,7 +267,7 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
         how = ("projects onto gradient guesses (project(...): one guess per step, no credit "
                "rule)" if any(plan.estimator_of(g).kind == "project"
                              for g in set(plan.assignment.values()))
-               else "trains every parameter by backprop")
+               else "trains every parameter by backprop or feedback alignment")
         raise TrainingError(f"{flags} set{'s' if len(changes) == 1 else ''} the forward-gradient "
                             f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` {how}; "
                             "drop the flag or pick a forward-gradient algorithm "
