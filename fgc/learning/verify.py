@@ -26,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgc.errors import FgError
+from fgc.learning.aggregate import aggregation
 from fgc.learning.estimators import UpdateRule, node_of
 from fgc.learning.reference import reference_grads
 from fgc.lowering.lower import lower
@@ -61,6 +62,8 @@ class LayerCheck:
       rel_error: ``‖mean - true‖ / ‖true‖``.
       noise: ``‖standard error‖ / ‖true‖``: the relative error sampling alone explains.
       ok: within the bound (exact: allclose).
+      expectation: ``c`` with ``E[estimate] = c·∇J`` by the estimator's aggregation
+        (``K`` for ``sum``, else 1): the mean is compared with ``c`` times the reference.
     """
 
     node: str
@@ -71,6 +74,7 @@ class LayerCheck:
     rel_error: float
     noise: float
     ok: bool
+    expectation: float = 1.0
 
 
 @dataclass
@@ -218,6 +222,9 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
                 layers.append(LayerCheck(n, group, "exact", g.size, 0.0 if ok else math.inf,
                                          float(np.linalg.norm(m - g)) / norm, 0.0, ok))
                 continue
+            # The aggregation says what the estimate's expectation is (sum: K·∇J).
+            c = aggregation(est_of[n].aggregate).expectation(est_of[n].tangents)
+            g, scale, norm = c * g, c * scale, c * norm
             m = total[n] / samples
             var = np.maximum(total_sq[n] / samples - m * m, 0.0) * samples / max(samples - 1, 1)
             se = np.sqrt(var / samples)
@@ -226,7 +233,7 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
             max_z = float(z.max()) if z.size else 0.0
             layers.append(LayerCheck(n, group, est_of[n].describe(), g.size, max_z,
                                      float(np.linalg.norm(m - g)) / norm,
-                                     float(np.linalg.norm(se)) / norm, max_z <= bound))
+                                     float(np.linalg.norm(se)) / norm, max_z <= bound, c))
     credits = sorted({e.credit for e in est_of.values() if e.kind == "forward"}) or ["–"]
     return Report(plan.graph.meta.get("algorithm") or "?", ",".join(credits), samples,
                   batch_size, bound, layers, time.perf_counter() - t0)
