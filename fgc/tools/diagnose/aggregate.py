@@ -231,6 +231,9 @@ def _draw_aggregate(r: dict):
     if first:
         right.plot(ks, [first * ks[0] / k for k in ks], ls=":", color="0.15", lw=1.0,
                    label="1/K")
+    whole = [y for a in r["aggregations"] for y in rows["all"][a]["variance"] if y]
+    if whole:  # a block whose part is exact (orthogonal, K ≥ n) must not squash the axes
+        right.set_ylim(min(whole) / 10, max(whole) * 3)
     left.set_ylabel(f"cosine with {_target_words(r)}")
     right.set_ylabel("normalised variance Σ Var / ‖E ĝ‖²")
     right.set_yscale("log")
