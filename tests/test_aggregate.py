@@ -108,6 +108,9 @@ def test_orthogonal_directions(k, n):
     np.testing.assert_allclose(gram, np.broadcast_to(want, gram.shape), atol=1e-3 * n * k)
     cov = np.einsum("kmi,kmj->ij", u, u) / (k * u.shape[1])  # E[u uᵀ] over directions
     np.testing.assert_allclose(cov, np.eye(n), atol=0.05)
+    # Every direction has mean zero: the other partitions' noise, which enters every
+    # directional derivative, then adds no bias (Householder's signs alone fail this).
+    np.testing.assert_allclose(u[:r].mean(axis=1), 0.0, atol=0.05)
 
 
 def _estimates(program, algorithm, **changes):

@@ -34,8 +34,10 @@ Three are registered (Flügel et al. 2025, [M] in REFERENCE):
     its exact gradient. Rademacher noise keeps ``E[q qᵀ] = I/n`` by symmetry (its law is
     invariant under signed permutations of coordinates) while the directions are linearly
     independent, which fails with probability about ``K²·2⁻ⁿ`` in tiny partitions.
-    The noise of different partitions stays independent, so cross terms vanish in
-    expectation; ``fgc verify --aggregate orthogonal`` checks the claim on any spec.
+    The noise of different partitions stays independent and each direction has mean zero
+    (Gram–Schmidt's signs, R's diagonal positive, are kept: the sign convention of
+    Householder QR makes a direction's mean non-zero, and ``fgc verify`` then reports the
+    cross terms' bias), so cross terms vanish in expectation; ``fgc verify --aggregate orthogonal`` checks the claim on any spec.
 
 A new aggregation is a subclass registered with :func:`register_aggregation`; the
 language accepts every registered name (``forward(aggregate = NAME)``).
@@ -138,7 +140,12 @@ class Orthogonal(Aggregation):
 
     def prepare(self, noise):
         k, _, n = noise.shape
-        q, _ = jnp.linalg.qr(jnp.moveaxis(noise, 0, -1))  # [M, n, r], r = min(n, K)
+        q, rr = jnp.linalg.qr(jnp.moveaxis(noise, 0, -1))  # [M, n, r], r = min(n, K)
+        # Gram–Schmidt's signs (R's diagonal positive): Householder QR flips each column by
+        # the sign of a coordinate of the noise, which gives the directions a non-zero mean
+        # and, through the other partitions' noise in every directional derivative, a bias.
+        d = jnp.diagonal(rr, axis1=-2, axis2=-1)
+        q = q * jnp.where(d < 0, -1.0, 1.0).astype(q.dtype)[..., None, :]
         r = q.shape[-1]
         q = q * math.sqrt(n * k / r)
         if r < k:
