@@ -19,7 +19,6 @@ ESTIMATORS = ("backprop", "forward", "project")
 FEEDBACK = ("feedback_alignment", "direct_feedback_alignment")
 PERTURB = ("activity", "weights")
 NOISE = ("gaussian", "rademacher")
-AGGREGATE = ("mean",)  # orthogonal projection ([M]) plugs in here
 GUESS = ("random",)  # local auxiliary nets and NTK guesses ([F]) plug in here
 # How replica derivatives are credited to units: `exact` follows every path (unbiased);
 # `ignore_norm` treats normalisation layers as if they kept channel groups and patches
@@ -50,6 +49,7 @@ class Estimator:
     granularity: str | None = None
     eps: float = 1e-12
     guess_bn: str = "eval"
+    chunk: int | None = None  # tangents evaluated at once (None: all K)
 
     def describe(self) -> str:
         if self.kind == "backprop":
@@ -60,7 +60,16 @@ class Estimator:
             from fgc.front.projection import describe
             return describe(self)
         credit = "" if self.credit == "exact" else f", credit={self.credit}"
+        credit += "" if self.aggregate == "mean" else f", aggregate={self.aggregate}"
+        credit += "" if self.chunk is None else f", chunk={self.chunk}"
         return f"forward({self.perturb}, {self.noise}, K={self.tangents}{credit})"
+
+
+def aggregations() -> tuple[str, ...]:
+    """The aggregation names the language accepts: those registered in
+    :data:`fgc.learning.aggregate.AGGREGATIONS` (a new registration needs no edit here)."""
+    from fgc.learning.aggregate import AGGREGATIONS
+    return tuple(AGGREGATIONS)
 
 
 @dataclass(frozen=True)
@@ -189,7 +198,7 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
               "forward(perturb = activity, noise = gaussian, tangents = 1)")
         return None
     kw = {}
-    allowed = ("perturb", "noise", "tangents", "aggregate", "guess", "credit")
+    allowed = ("perturb", "noise", "tangents", "aggregate", "guess", "credit", "chunk")
     for k in v.kwargs:
         if k.name not in allowed:
             d.add("E203", f"forward(...) has no argument `{k.name}`", k.span,
@@ -203,7 +212,7 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
         d.add("E204", "forward(...) needs `perturb = activity` or `perturb = weights`", v.span)
         return None
     out = {"perturb": _choice(kw["perturb"], PERTURB, "perturb", d)}
-    for name, choices in (("noise", NOISE), ("aggregate", AGGREGATE), ("guess", GUESS),
+    for name, choices in (("noise", NOISE), ("aggregate", aggregations()), ("guess", GUESS),
                           ("credit", CREDIT)):
         if name in kw:
             out[name] = _choice(kw[name], choices, name, d)
@@ -213,6 +222,13 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
             d.add("E206", "tangents must be a positive integer", kw["tangents"].span)
             return None
         out["tangents"] = t
+    if "chunk" in kw:
+        c, k = _num(kw["chunk"]), out.get("tangents", 1)
+        if not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= k:
+            d.add("E206", f"chunk must be an integer from 1 to tangents ({k})", kw["chunk"].span,
+                  "chunk = C evaluates the K tangents C at a time; it need not divide K")
+            return None
+        out["chunk"] = c
     if any(x is None for x in out.values()):
         return None
     return Estimator("forward", **out)

@@ -65,6 +65,8 @@ def check(graph: Graph, batch_size: int, diags: Diags, *, tangents: int = 1,
 
 
 def max_tangents(plan) -> int:
-    """The most tangents any forward-gradient estimator of a plan carries at once."""
+    """The most tangents any forward-gradient estimator of a plan carries at once (its
+    ``chunk`` where it evaluates them in chunks)."""
     ests = [plan.algorithm.estimator, *(g.estimator for g in plan.groups.values())]
-    return max([e.tangents for e in ests if e is not None and e.kind == "forward"], default=1)
+    return max([min(e.tangents, e.chunk or e.tangents) for e in ests
+                if e is not None and e.kind == "forward"], default=1)

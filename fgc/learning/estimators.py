@@ -73,16 +73,14 @@ def sample_noise(kind: str, key: PRNGKeyArray, shape: tuple[int, ...], dtype) ->
     return NOISE[kind](key, shape, dtype)
 
 
-AGGREGATIONS: dict[str, Callable[[Array], Array]] = {
-    "mean": lambda per_tangent: per_tangent.mean(axis=0),
-}
-"""How the K tangents' estimates (leading axis) combine, by name."""
+# How the K tangents combine: registered aggregations (fgc.learning.aggregate), some of
+# which act on the noise before the jvp (orthogonal) and not only on the estimates after it.
+from fgc.learning.aggregate import AGGREGATIONS, aggregation  # noqa: E402,F401
 
 
 def aggregate(kind: str, per_tangent: Array) -> Array:
-    if kind not in AGGREGATIONS:
-        raise ValueError(f"unknown aggregation `{kind}` (known: {', '.join(AGGREGATIONS)})")
-    return AGGREGATIONS[kind](per_tangent)
+    """The registered aggregation ``kind`` of per-tangent estimates (leading axis K)."""
+    return aggregation(kind).combine(per_tangent)
 
 
 def objective(losses: dict[str, Array]) -> Array:

@@ -13,8 +13,11 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from fgc.learning.estimators import (PassResult, PassRule, aggregate, node_of, objective,
-                                     register, sample_noise)
+from fgc.learning.aggregate import aggregation
+from fgc.learning.estimators import (PassResult, PassRule, node_of, objective, register,
+                                     sample_noise)
+from fgc.learning.tangents import (join, over_tangents, over_tangents_chunked, prepare_site,
+                                   prepare_weight, scan_chunks, split_chunks)
 from fgc.plan.credit import Credit, unit_credit, weight_credit
 
 
@@ -39,20 +42,14 @@ class Backprop(PassRule):
         return f"backprop: {len(self.nodes)} parameter nodes"
 
 
-def _over_tangents(one, tangents):
-    """``one`` on each tangent (leading axis K): per-tangent outputs stacked, the
-    primal-only auxiliary output once. One tangent runs without ``vmap``: a batch
-    axis of size 1 costs XLA:CPU layout copies around every matmul."""
-    if jax.tree_util.tree_leaves(tangents)[0].shape[0] == 1:
-        out, aux = one(jax.tree_util.tree_map(lambda t: t[0], tangents))
-        return jax.tree_util.tree_map(lambda a: a[None], out), aux
-    return jax.vmap(one, out_axes=(0, None))(tangents)
-
-
 def _forward_words(est) -> str:
     words = f", {est.noise}, K={est.tangents}"
     if est.credit != "exact":
         words += f", credit={est.credit}"
+    if est.aggregate != "mean":
+        words += f", aggregate={est.aggregate}"
+    if est.chunk is not None:
+        words += f", chunk={est.chunk}"
     return words
 
 
@@ -111,32 +108,47 @@ class WeightPerturbation(PassRule):
         is_fwd = jax.tree_util.tree_map_with_path(lambda path, _: node_of(path) in owned, params)
         pf, po = eqx.partition(params, is_fwd)
         est = self.estimator
+        agg = aggregation(est.aggregate)
         k_tan = est.tangents
         leaves, treedef = jax.tree_util.tree_flatten(pf)
         keys = jax.random.split(key, max(len(leaves), 1))
         v = jax.tree_util.tree_unflatten(treedef, [
             sample_noise(est.noise, k, (k_tan, *a.shape), a.dtype) for k, a in zip(keys, leaves)])
+        rules = {r.node: r for r in self.slices}
+        if agg.shapes_noise:  # e.g. orthogonal: the directions of each credit slice
+            v = jax.tree_util.tree_map_with_path(
+                lambda path, t: prepare_weight(agg, t, rules[node_of(path)].kind,
+                                               rules[node_of(path)].credits,
+                                               rules[node_of(path)].out_units), v)
+        first, rest = split_chunks(v, est.chunk)
+
+        def run(pf_, po_):
+            out = eqx.combine(pf_, po_, static).forward(x, labels)
+            return out.losses, (out.losses, out.state)
 
         # One reverse pass around the jvp gives every other parameter (heads, backprop
         # groups) its exact gradient from the same forward; the fused replicated loss
         # differentiates its primal output with the replicas' masks there too
         # (fgc.lowering.replicated._fused_jvp).
         def f(po_):
-            def run(pf_):
-                out = eqx.combine(pf_, po_, static).forward(x, labels)
-                return out.losses, (out.losses, out.state)
-
             def one(t):
-                _, dl, aux = jax.jvp(run, (pf,), (t,), has_aux=True)
+                _, dl, aux = jax.jvp(lambda p: run(p, po_), (pf,), (t,), has_aux=True)
                 return dl, aux
 
-            dls, (losses, state) = _over_tangents(one, v)
+            dls, (losses, state) = over_tangents(one, first)
             return objective(losses), (dls, losses, state)
 
         _, pull, (dls, losses, state) = jax.vjp(f, po, has_aux=True)
         (g_other,) = pull(jnp.ones((), jnp.result_type(float)))
+        if rest is not None:
+            # Further chunks need only their directional derivatives: plain jvps, outside
+            # the reverse pass (which the first chunk's forward already serves).
+            def one_more(t):
+                _, dl, aux = jax.jvp(lambda p: run(p, po), (pf,), (t,), has_aux=True)
+                return dl, aux
+
+            dls = join(dls, scan_chunks(one_more, rest))
         batch = x.shape[0]
-        rules = {r.node: r for r in self.slices}
 
         def estimate(path, tangent):
             r = rules[node_of(path)]
@@ -144,7 +156,7 @@ class WeightPerturbation(PassRule):
             c = sum(jax.vmap(lambda d, cr=cr: weight_credit(d, cr, r.kind, r.out_units))(
                 dls[cr.loss]) for cr in r.credits) / batch if r.credits \
                 else jnp.zeros((k_tan, r.out_units), tangent.dtype)
-            return aggregate(est.aggregate, _expand_units(c, tangent.shape[1:], r.kind) * tangent)
+            return agg.combine(_expand_units(c, tangent.shape[1:], r.kind) * tangent)
 
         g_fwd = jax.tree_util.tree_map_with_path(estimate, v)
         return PassResult(eqx.combine(g_fwd, g_other), losses, state)
@@ -204,11 +216,14 @@ class ActivityPerturbation(PassRule):
 
     def run(self, params, static, x, labels, key):
         est = self.estimator
+        agg = aggregation(est.aggregate)
         k_tan, batch = est.tangents, x.shape[0]
         keys = jax.random.split(key, max(len(self.sites), 1))
         dtype = jnp.result_type(float)
         z = {s.site: sample_noise(est.noise, k, (k_tan, batch, *s.shape), dtype)
              for k, s in zip(keys, self.sites)}
+        if agg.shapes_noise:  # e.g. orthogonal: the directions of each credit partition
+            z = {s.site: prepare_site(agg, z[s.site], s.shape, s.credits) for s in self.sites}
         zeros = {s.site: jnp.zeros((batch, *s.shape), dtype) for s in self.sites}
         masks_of = {s.site: s.mask for s in self.sites if s.mask}
         net = eqx.combine(params, static)
@@ -223,7 +238,7 @@ class ActivityPerturbation(PassRule):
             return dl, aux
 
         # The forward pass with every site's tangent: d[k] for each loss replica.
-        dls, (losses, masks, values, state) = _over_tangents(one, z)
+        dls, (losses, masks, values, state) = over_tangents_chunked(one, z, est.chunk)
         cut = {s.site for s in self.sites}
 
         # The local backward: the same forward with gradients cut at every site, so
@@ -251,7 +266,7 @@ class ActivityPerturbation(PassRule):
             g = c * z[s.site] / batch
             if s.site in masks:
                 g = g * masks[s.site][None]  # the mask is shared by the K tangents
-            cot[s.site] = aggregate(est.aggregate, g)
+            cot[s.site] = agg.combine(g)
         (grads,) = pull((jnp.ones_like(j), cot))
         return PassResult(grads, losses, state)
 

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fgc.errors import FgError
+from fgc.learning.aggregate import aggregation
 from fgc.learning.estimators import UpdateRule, node_of
 from fgc.learning.feedback_reference import CHECKS, feedback_reference_grads
 from fgc.learning.reference import reference_grads
@@ -64,6 +65,8 @@ class LayerCheck:
       noise: ``‖standard error‖ / ‖true‖``: the relative error sampling alone explains.
       ok: within the bound (exact: allclose).
       check: what it was compared with (the reference and how).
+      expectation: ``c`` with ``E[estimate] = c·∇J`` by the estimator's aggregation
+        (``K`` for ``sum``, else 1): the mean is compared with ``c`` times the reference.
     """
 
     node: str
@@ -75,6 +78,7 @@ class LayerCheck:
     noise: float
     ok: bool
     check: str = "allclose vs jax.grad of the reference"
+    expectation: float = 1.0
 
 
 EXACT_CHECK = "allclose vs jax.grad of the reference"
@@ -255,6 +259,9 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
                 layers.append(LayerCheck(n, group, rule_label, g.size, 0.0 if ok else math.inf,
                                          float(np.linalg.norm(m - g)) / norm, 0.0, ok, checks[n]))
                 continue
+            # The aggregation says what the estimate's expectation is (sum: K·∇J).
+            c = aggregation(est_of[n].aggregate).expectation(est_of[n].tangents)
+            g, scale, norm = c * g, c * scale, c * norm
             m = total[n] / samples
             var = np.maximum(total_sq[n] / samples - m * m, 0.0) * samples / max(samples - 1, 1)
             se = np.sqrt(var / samples)
@@ -264,7 +271,7 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
             layers.append(LayerCheck(n, group, est_of[n].describe(), g.size, max_z,
                                      float(np.linalg.norm(m - g)) / norm,
                                      float(np.linalg.norm(se)) / norm, max_z <= bound,
-                                     MEAN_CHECK))
+                                     MEAN_CHECK, c))
     credits = sorted({e.credit for e in est_of.values() if e.kind == "forward"}) or ["–"]
     return Report(plan.graph.meta.get("algorithm") or "?", ",".join(credits), samples,
                   batch_size, bound, layers, time.perf_counter() - t0)

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from fgc.errors import FgError, plural
+from fgc.tools.common import add_aggregate_arguments
 
 
 def _cmd_check(args) -> int:
@@ -96,7 +97,7 @@ def _cmd_train(args) -> int:
         summary = train(args.spec, out=args.out, algorithm=args.algorithm, dataset=args.dataset,
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
-                        batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+                        aggregate=args.aggregate, chunk=args.chunk, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
                         checkpoint_every=args.checkpoint_every,
                         eval_train=not args.no_train_error, on_epoch=board)
     except KeyboardInterrupt:
@@ -170,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how forward-gradient estimators credit replicated losses: exact "
                    "(unbiased) or ignore_norm (as Ren et al.'s released code; default: the "
                    "algorithm's)")
+    add_aggregate_arguments(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out (or "
                    "start it there if it has no checkpoint yet); a larger --epochs extends it")
     t.add_argument("--steps", type=_positive, help="stop once the run has made N optimizer "

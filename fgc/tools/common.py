@@ -29,6 +29,36 @@ def int_at_least(low: int):
     return parse
 
 
+def add_aggregate_arguments(parser, *, many: bool = False) -> None:
+    """``--aggregate`` and ``--chunk``: how forward-gradient estimators combine their K
+    tangents and how many they evaluate at once (docs/language.md §3.8)."""
+    from fgc.front.config import aggregations
+    names = ", ".join(aggregations())
+    if many:
+        parser.add_argument("--aggregate", type=aggregate_list, metavar="A,B,...",
+                            help=f"compare these aggregations of the K tangents ({names}): "
+                            "cosine and variance against K for each, in diagnose.json and "
+                            "aggregate.png (instead of weight vs activity perturbation)")
+    else:
+        parser.add_argument("--aggregate", choices=aggregations(),
+                            help=f"how forward-gradient estimators combine their K tangents "
+                            f"({names}; default: the algorithm's)")
+    parser.add_argument("--chunk", type=int_at_least(1), metavar="C",
+                        help="evaluate the K tangents C at a time (memory grows with C, not "
+                        "K; the estimates are the same)")
+
+
+def aggregate_list(text: str) -> tuple[str, ...]:
+    from fgc.front.config import aggregations
+    names = tuple(dict.fromkeys(t for t in text.replace(" ", "").split(",") if t))
+    bad = [n for n in names if n not in aggregations()]
+    if not names or bad:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated aggregations among {', '.join(aggregations())}, got "
+            f"{text!r}")
+    return names
+
+
 def gib(n: float) -> str:
     """Bytes in GiB, one decimal."""
     return f"{n / 2**30:.1f} GiB"

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fgc.errors import FgError, SpecError
-from fgc.tools.common import int_at_least
+from fgc.tools.common import add_aggregate_arguments, int_at_least
 
 
 class VerifyError(FgError):
@@ -47,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="credit rule of the forward-gradient estimators (default: the algorithm's)")
     p.add_argument("--tangents", type=int_at_least(1), help="tangents per estimate (default: the "
                    "algorithm's)")
+    add_aggregate_arguments(p)
     p.add_argument("--samples", type=int_at_least(1), default=1000,
                    help="estimates averaged per check (default 1000)")
     p.add_argument("--batch-size", type=int_at_least(1), default=4,
@@ -70,8 +71,9 @@ def run(args) -> int:
     for name in algorithms_to_check(prog, args.algorithm):
         plan = prog.plan(name)
         forward = any(plan.estimator_of(g).kind == "forward" for g in set(plan.assignment.values()))
-        if forward and (args.tangents or args.credit):
-            plan = with_estimator(plan, tangents=args.tangents, credit=args.credit)
+        changes = {k: getattr(args, k, None) for k in ("tangents", "credit", "aggregate", "chunk")}
+        if forward and any(v is not None for v in changes.values()):
+            plan = with_estimator(plan, **changes)
         print(f"fgc verify: {args.spec} · {name} …", file=sys.stderr, flush=True)
         r = verify_plan(plan, samples=args.samples, batch_size=args.batch_size, seed=args.seed,
                         alpha=args.alpha)

@@ -4,7 +4,7 @@ which run, when to checkpoint, and the small files beside the checkpoints.
 A run is identified by the canonical form of its spec (:func:`fgc.front.fmt.format_spec`
 without comments and without the ``train`` section) and by the effective settings
 that change its results (algorithm, dataset, batch size, seed, optimizer, schedule,
-weight decay, flips, tangents, credit). The spec's path, its comments, its layout and
+weight decay, flips, tangents, credit, aggregate). The spec's path, its comments, its layout and
 the number of epochs are not part of it: the same run may be resumed from another
 path, after ``fgc fmt -w``, or extended with a larger ``--epochs``.
 """
@@ -94,8 +94,10 @@ def check_size(run) -> None:
 
 # --- identity --------------------------------------------------------------------------------
 
-def identity(run, *, tangents: int | None, credit: str | None) -> dict[str, Any]:
-    """What makes two runs the same run (see the module docstring)."""
+def identity(run, *, tangents: int | None, credit: str | None,
+             aggregate: str | None = None) -> dict[str, Any]:
+    """What makes two runs the same run (see the module docstring). ``--chunk`` is not part
+    of it: it changes memory, not the estimates (beyond round-off)."""
     from fgc.front.fmt import format_spec
     from fgc.front import syntax as S
     spec = run.program.spec
@@ -110,6 +112,7 @@ def identity(run, *, tangents: int | None, credit: str | None) -> dict[str, Any]
     settings.update(optimizer=_call_text(cfg.optimizer), schedule=_call_text(cfg.schedule),
                     algorithm=cfg.algorithm or "bp", tangents=tangents, credit=credit,
                     train_examples=len(run.data.x_train))
+    settings["aggregate"] = aggregate  # None matches a run from before --aggregate existed
     return {"spec_sha": hashlib.sha256(canon.encode()).hexdigest()[:16], **settings}
 
 

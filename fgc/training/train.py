@@ -195,7 +195,8 @@ class Run:
 
 def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
             data_dir: str | None = None, tangents: int | None = None,
-            credit: str | None = None, **overrides) -> Run:
+            credit: str | None = None, aggregate: str | None = None,
+            chunk: int | None = None, **overrides) -> Run:
     """Loads the spec and the data and builds the network, update rule and optimizer.
 
     Args:
@@ -208,6 +209,10 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
         the algorithm's).
       credit: credit rule of every forward-gradient estimator, ``exact`` or
         ``ignore_norm`` (default: the algorithm's).
+      aggregate: how every forward-gradient estimator combines its tangents, a
+        registered aggregation (``mean``, ``sum``, ``orthogonal``; default: the algorithm's).
+      chunk: tangents every forward-gradient estimator evaluates at once (default: the
+        algorithm's, else all).
       overrides: any :class:`~fgc.front.config.TrainConfig` field (``epochs``, ``batch_size``,
         ``seed``, ...); ``None`` values are ignored.
     """
@@ -217,8 +222,9 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     if algorithm is not None:
         cfg = replace(cfg, algorithm=algorithm)
     plan = prog.plan(cfg.algorithm)
-    if tangents is not None or credit is not None:
-        plan = with_estimator(plan, tangents=tangents, credit=credit)
+    if any(v is not None for v in (tangents, credit, aggregate, chunk)):
+        plan = with_estimator(plan, tangents=tangents, credit=credit, aggregate=aggregate,
+                              chunk=chunk)
     if isinstance(dataset, Dataset):
         data = dataset
     else:
@@ -252,15 +258,24 @@ def input_stats(prog: Program, data: Dataset) -> tuple[tuple[float, ...], tuple[
     return data.mean, data.std
 
 
-def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None) -> Plan:
+def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None,
+                   aggregate: str | None = None, chunk: int | None = None) -> Plan:
     """The plan with every forward-gradient estimator changed: ``tangents`` per step,
-    ``credit`` rule (:data:`fgc.front.config.CREDIT`); ``None`` keeps the algorithm's."""
-    from fgc.front.config import CREDIT
+    ``credit`` rule (:data:`fgc.front.config.CREDIT`), ``aggregate`` (a registered
+    aggregation, :mod:`fgc.learning.aggregate`), ``chunk`` (tangents evaluated at once,
+    at most K); ``None`` keeps the algorithm's."""
+    from fgc.front.config import CREDIT, aggregations
     if tangents is not None and tangents < 1:
         raise ValueError(f"tangents must be a positive integer, got {tangents}")
     if credit is not None and credit not in CREDIT:
         raise ValueError(f"credit must be one of {', '.join(CREDIT)}, got {credit!r}")
-    changes = {k: v for k, v in (("tangents", tangents), ("credit", credit)) if v is not None}
+    if aggregate is not None and aggregate not in aggregations():
+        raise ValueError(f"aggregate must be one of {', '.join(aggregations())}, got "
+                         f"{aggregate!r}")
+    if chunk is not None and chunk < 1:
+        raise ValueError(f"chunk must be a positive integer, got {chunk}")
+    changes = {k: v for k, v in (("tangents", tangents), ("credit", credit),
+                                 ("aggregate", aggregate), ("chunk", chunk)) if v is not None}
     if changes and not any(plan.estimator_of(plan.assignment[n]).kind == "forward"
                            for n in plan.assignment):
         flags = " and ".join(f"--{k}" for k in changes)
@@ -274,7 +289,15 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
                             "(e.g. --algorithm lg-fg-a)")
 
     def fix(est):
-        return replace(est, **changes) if est is not None and est.kind == "forward" else est
+        if est is None or est.kind != "forward":
+            return est
+        new = replace(est, **changes)
+        if new.chunk is not None and new.chunk > new.tangents:
+            raise TrainingError(f"chunk {new.chunk} is more than the {new.tangents} "
+                                f"tangent{'s' if new.tangents != 1 else ''} of `{est.describe()}`"
+                                f"; pass --chunk between 1 and {new.tangents} (or more "
+                                "--tangents)")
+        return new
 
     groups = {name: replace(g, estimator=fix(g.estimator)) for name, g in plan.groups.items()}
     return replace(plan, algorithm=replace(plan.algorithm, estimator=fix(plan.algorithm.estimator)),
@@ -301,7 +324,7 @@ def _loss_name(loss_id: str) -> str:
 def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
           dataset: str | Dataset | None = None, data_dir: str | None = None,
           tangents: int | None = None, credit: str | None = None,
-          resume: bool = False, steps: int | None = None,
+          aggregate: str | None = None, chunk: int | None = None, resume: bool = False, steps: int | None = None,
           checkpoint_every: int | str | None = None, progress: bool | None = None,
           eval_train: bool = True, log: Callable[[str], None] | None = None,
           on_step: Callable[[int, int], None] | None = None,
@@ -313,7 +336,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
       out: run directory; created if missing. An existing run there is continued
         with ``resume=True`` and never overwritten otherwise; a non-empty folder
         without a run is refused.
-      algorithm, dataset, data_dir, tangents, credit, overrides: as :func:`prepare`.
+      algorithm, dataset, data_dir, tangents, credit, aggregate, chunk, overrides: as
+        :func:`prepare`.
       resume: continue from the newest good checkpoint in ``out`` (mid-epoch too;
         the result is bit-identical to an uninterrupted run). A larger ``epochs``
         extends a finished run (the log says what that does to the schedule).
@@ -350,11 +374,12 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         raise TrainingError(f"--steps must be a positive integer, got {steps!r}")
     runs.Policy.parse(checkpoint_every, 1)  # a bad --checkpoint-every before any loading
     run = prepare(spec, algorithm=algorithm, dataset=dataset, data_dir=data_dir,
-                  tangents=tangents, credit=credit, **overrides)
+                  tangents=tangents, credit=credit, aggregate=aggregate, chunk=chunk,
+                  **overrides)
     cfg, data, spe = run.train, run.data, run.steps_per_epoch
     runs.check_size(run)
     policy = runs.Policy.parse(checkpoint_every, spe)
-    ident = runs.identity(run, tangents=tangents, credit=credit)
+    ident = runs.identity(run, tangents=tangents, credit=credit, aggregate=aggregate)
     start, done, sums, state = 0, 0, {}, run.init_state()
     if exists:
         found = checkpoint.latest(out, state, log=log, check=lambda meta, where: (

@@ -54,6 +54,9 @@ Example:
     [0.21, 0.43, 0.68]
     >>> save(result, "diag/")         # diagnose.json and three PNGs     # doctest: +SKIP
 
+``fgc diagnose --aggregate mean,sum,orthogonal`` (:func:`diagnose_aggregations`) compares
+aggregations of the K tangents instead (:mod:`fgc.tools.diagnose.aggregate`).
+
 Draws are vmapped in chunks sized to the memory the estimator needs (its noise is
 materialised for all ``K`` tangents at once), so memory stays bounded; a ``K`` whose
 single draw cannot fit is refused with a hint instead of exhausting the machine.
@@ -63,8 +66,11 @@ from __future__ import annotations
 
 from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TANGENTS,
                                      DEFAULT_WARMUP, KINDS, PLOTS, RESULT, DiagnoseError)
+from fgc.tools.diagnose.aggregate import (diagnose_aggregations, format_aggregations,
+                                          save_aggregations)
 from fgc.tools.diagnose.cli import add_arguments, run
 from fgc.tools.diagnose.measure import diagnose
 from fgc.tools.diagnose.report import format_table, save
 
-__all__ = ["DiagnoseError", "add_arguments", "diagnose", "format_table", "run", "save"]
+__all__ = ["DiagnoseError", "add_arguments", "diagnose", "diagnose_aggregations",
+           "format_aggregations", "format_table", "run", "save", "save_aggregations"]

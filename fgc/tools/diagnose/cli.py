@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fgc.tools.common import int_at_least
+from fgc.tools.common import add_aggregate_arguments, int_at_least
 from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TANGENTS,
                                      DEFAULT_WARMUP)
 from fgc.tools.diagnose.measure import diagnose
@@ -54,6 +54,7 @@ def add_arguments(parser) -> None:
                         f"{DEFAULT_WARMUP}; 0 reports it as undefined)")
     parser.add_argument("--credit", choices=("exact", "ignore_norm"),
                         help="credit rule of the estimators (default: the algorithm's)")
+    add_aggregate_arguments(parser, many=True)
     parser.add_argument("-o", "--out", required=True, metavar="DIR",
                         help="folder for diagnose.json and the figures (created if missing)")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
@@ -65,12 +66,21 @@ def run(args) -> int:
     def log(line: str) -> None:
         print(f"fgc diagnose: {line}", file=sys.stderr, flush=True)
 
-    result = diagnose(args.spec, args.algorithm, tangents=args.tangents, batches=args.batches,
-                      draws=args.draws, batch_size=args.batch_size, dataset=args.dataset,
-                      data_dir=args.data_dir, seed=args.seed, warmup_steps=args.warmup_steps,
-                      credit=getattr(args, "credit", None),
-                      log=None if getattr(args, "quiet", False) else log)
-    written = save(result, args.out)
-    print(format_table(result))
+    common = dict(tangents=args.tangents, batches=args.batches, draws=args.draws,
+                  batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
+                  seed=args.seed, warmup_steps=args.warmup_steps,
+                  credit=getattr(args, "credit", None), chunk=getattr(args, "chunk", None),
+                  log=None if getattr(args, "quiet", False) else log)
+    if getattr(args, "aggregate", None):
+        from fgc.tools.diagnose.aggregate import (diagnose_aggregations, format_aggregations,
+                                                  save_aggregations)
+        result = diagnose_aggregations(args.spec, args.algorithm, aggregations=args.aggregate,
+                                       **common)
+        written = save_aggregations(result, args.out)
+        print(format_aggregations(result))
+    else:
+        result = diagnose(args.spec, args.algorithm, **common)
+        written = save(result, args.out)
+        print(format_table(result))
     print(f"\nwrote {', '.join(str(p) for p in written)}")
     return 0

@@ -41,6 +41,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
              batch_size: int | None = None, dataset=None, data_dir: str | None = None,
              seed: int | None = None, warmup_steps: int = DEFAULT_WARMUP,
              memory_budget: int | None = None, credit: str | None = None,
+             chunk: int | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measures cosine similarity and variance of an algorithm's forward-gradient estimates.
 
@@ -63,6 +64,8 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         device memory).
       credit: the estimators' credit rule, ``exact`` or ``ignore_norm`` (default: the
         algorithm's).
+      chunk: tangents each estimate evaluates at once (``forward(chunk = C)``, capped at
+        each K): memory then grows with C, not K.
       log: progress lines (default: none).
 
     Returns:
@@ -101,7 +104,9 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
                             "algorithm computes; `fgc verify` checks it against the exact "
                             "projection instead")
     target_net = net if tplan is plan else end_to_end_net(tplan, run, net)
-    probe = _probe(plan, variant_plans, net, ks, cfg.batch_size, memory_budget)
+    if chunk is not None and (isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1):
+        raise DiagnoseError(f"chunk must be a positive integer, got {chunk!r}")
+    probe = _probe(plan, variant_plans, net, ks, cfg.batch_size, memory_budget, chunk)
     t_measure = time.perf_counter()
     sums = _measure(probe, net, e2e_net, stream, run.key, batches, draws, log, target_net)
 
@@ -180,7 +185,8 @@ class _Probe:
         return tuple(l.index for l in self.leaves)
 
 
-def _probe(plan, variant_plans, net, ks, B: int, memory_budget: int | None) -> _Probe:
+def _probe(plan, variant_plans, net, ks, B: int, memory_budget: int | None,
+           chunk: int | None = None) -> _Probe:
     from fgc.graph.ops import OPS
     from fgc.training.train import with_estimator
 
@@ -193,19 +199,22 @@ def _probe(plan, variant_plans, net, ks, B: int, memory_budget: int | None) -> _
     weights = [i for i, l in enumerate(leaves) if l.param == "weight"]
     mixes_examples = any(OPS[s.kind].mixes_examples for s in net.steps if s.kind in OPS)
 
+    at_once = {k: min(k, chunk) if chunk else k for k in ks}
     rules = {kind: {k: build_rule(p if p.algorithm.estimator.kind == "project" else
-                                  with_estimator(p, tangents=k), net) for k in ks}
+                                  with_estimator(p, tangents=k, chunk=at_once[k] if chunk
+                                                 else None), net) for k in ks}
              for kind, p in variant_plans.items()}
     available = _available_bytes()
     budget = memory_budget or max(256 << 20, available // 4)
     per_tangent = {kind: _tangent_bytes(net, B, kind, n_params) for kind in rules}
     for kind in rules:
-        need = ks[-1] * per_tangent[kind]
+        need = at_once[ks[-1]] * per_tangent[kind]
         if need > available:
             raise DiagnoseError(
                 f"one {_LABEL[kind]} estimate with K={ks[-1]} tangents on batches of {B} needs "
                 f"about {gib(need)} (the noise of every tangent is held at once), more than the "
-                f"{gib(available)} free; lower --batch-size or the largest --tangents")
+                f"{gib(available)} free; lower --batch-size or the largest --tangents, or "
+                "pass --chunk")
     draw_fns = {kind: {k: _draws_fn(rules[kind][k], indices) for k in ks} for kind in rules}
     per_example = _per_example_fn(tuple(indices[i] for i in weights)) if not mixes_examples \
         else None
