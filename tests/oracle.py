@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from hypothesis import strategies as st
 
-PRESETS = ("bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a")
+PRESETS = ("bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a",
+           "fa", "l-fa", "lg-fa", "dfa",
+           "guess-local-a", "guess-local-w", "guess-ntk-a", "guess-ntk-w", "guess-random-a",
+           "guess-random-w")
+# Ren et al.'s forward-gradient rules first: hypothesis favours early choices, and they are
+# where credit can go wrong (feedback and projection rules are compared allclose with their
+# own references)
+DRAW_ORDER = ("custom", "lg-fg-a", "lg-fg-w", "fg-a", "fg-w") + tuple(
+    p for p in PRESETS if p not in ("lg-fg-a", "lg-fg-w", "fg-a", "fg-w"))
 ACTS = ("relu", "gelu", "tanh", "identity")
 
 
@@ -101,8 +109,7 @@ def cases(draw) -> tuple[str, str]:
         width = w
     head_l, opts_l = draw(_head(form, width, local=True))
     head_f, _ = draw(_head(form, width, local=False))
-    # forward rules first: hypothesis favours early choices, and they are what needs checking
-    algo = draw(st.sampled_from(("custom",) + PRESETS[::-1]))
+    algo = draw(st.sampled_from(DRAW_ORDER))
     extra = ""
     if algo == "custom":
         perturb = draw(st.sampled_from(("activity", "weights")))
@@ -111,7 +118,8 @@ def cases(draw) -> tuple[str, str]:
                  f"  estimator = forward(perturb = {perturb}, noise = "
                  f"{draw(st.sampled_from(('gaussian', 'rademacher')))}, tangents = "
                  f"{draw(st.sampled_from((1, 2, 3)))})\n}}\n")
-    if len(blocks) > 1 and algo not in ("bp", "l-bp", "lg-bp") and draw(st.booleans()):
+    if len(blocks) > 1 and (algo in ("custom", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a")) \
+            and draw(st.booleans()):
         perturb = draw(st.sampled_from(("activity", "weights")))
         est = draw(st.sampled_from((f"forward(perturb = {perturb})", "backprop")))
         extra += f"group first {{\n  params = b0\n  estimator = {est}\n}}\n"
