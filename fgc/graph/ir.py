@@ -77,6 +77,7 @@ class LossInfo:
     groups: int = 1
     patches: int = 1
     span: Span | None = None
+    options: dict = field(default_factory=dict)  # the kind's own options, defaults filled in
 
     @property
     def replicas(self) -> int:

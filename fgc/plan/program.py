@@ -261,7 +261,7 @@ def _mark_stops(g: Graph, algo: Algorithm) -> None:
         e = g.edge(loss.source, first)
         if loss.final and algo.target == "local" or not loss.final and algo.target == "global":
             e.stop_gradient, e.why = True, "readout"
-        else:
+        elif g.node(first).kind != "stopgrad":  # a head's own leading `stopgrad` stays
             e.stop_gradient, e.why = False, None
 
 
