@@ -80,6 +80,8 @@ class TrainConfig:
     algorithm: str | None = None
     flip: bool = False
     eval_batch_size: int = 1000
+    views: int = 1  # augmented views per example (2 for a contrastive loss)
+    augment: Call | None = None  # an augmentation policy, fgc.training.views.AUGMENTS
 
 
 @dataclass(frozen=True)
@@ -267,7 +269,8 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
 
 
 TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
-              "weight_decay", "algorithm", "flip", "eval_batch_size")
+              "weight_decay", "algorithm", "flip", "eval_batch_size", "views", "augment")
+AUGMENT_ARGS = {"byol": {"min_area": (int, float), "strength": (int, float), "blur": bool}}
 
 
 def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
@@ -307,6 +310,7 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
             kw["flip"] = st["flip"].value
         else:
             d.add("E206", "flip must be true or false", st["flip"].span)
+    _views_from(st, kw, d)
     if "optimizer" in st:
         c = _call(st["optimizer"], OPTIMIZERS, "optimizer", d)
         if c is not None:
@@ -321,6 +325,36 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
                           f"arguments: {', '.join(SCHEDULES[c.name]) or 'none'}")
             kw["schedule"] = c
     return replace(cfg, **kw)
+
+
+def _views_from(st: dict, kw: dict, d: Diags) -> None:
+    """``views = 1 | 2`` and ``augment = byol(min_area = ..., strength = ..., blur = ...)``."""
+    if "views" in st:
+        n = _num(st["views"])
+        if n not in (1, 2) or isinstance(n, float):
+            d.add("E206", "views must be 1 or 2", st["views"].span,
+                  "2 gives each example two augmented views (a contrastive loss needs them)")
+        else:
+            kw["views"] = n
+    if "augment" in st:
+        c = _call(st["augment"], tuple(AUGMENT_ARGS), "augmentation", d)
+        if c is None:
+            return
+        args = AUGMENT_ARGS[c.name]
+        for k, v in c.kwargs:
+            if k not in args:
+                d.add("E203", f"{c.name}(...) has no argument `{k}`", st["augment"].span,
+                      suggest(k, args) or f"arguments: {', '.join(args)}")
+            elif not isinstance(v, args[k]) or (args[k] is not bool and isinstance(v, bool)):
+                d.add("E206", f"`{k}` of {c.name} must be "
+                      + ("true or false" if args[k] is bool else "a number"), st["augment"].span)
+            elif k == "min_area" and not 0 < v <= 1:
+                d.add("E206", f"min_area must be in (0, 1], got {v}", st["augment"].span,
+                      "the smallest crop, as a fraction of the image's area (BYOL: 0.08)")
+            else:
+                continue
+            return
+        kw["augment"] = c
 
 
 def _known_dataset(name: str) -> bool:

@@ -30,10 +30,10 @@ from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
 TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
-              "weight_decay", "algorithm", "flip", "eval_batch_size")
+              "weight_decay", "algorithm", "flip", "eval_batch_size", "views", "augment")
 ALGORITHM_KEYS = ("target", "greedy", "estimator")
 GROUP_KEYS = ("params", "lr_scale", "weight_decay", "estimator", "optimizer")
-CALL_KEYS = ("optimizer", "schedule", "estimator")  # settings whose value takes KEY.ARG
+CALL_KEYS = ("optimizer", "schedule", "estimator", "augment")  # settings whose value takes KEY.ARG
 SECTIONS = ("train", "algorithm", "group")
 FORMS = "train.KEY=VALUE, algorithm.NAME.KEY=VALUE or group.NAME.KEY=VALUE"
 PREFIX = "# --set "

@@ -104,6 +104,14 @@ def identity(run, *, tangents: int | None, credit: str | None) -> dict[str, Any]
     cfg = run.train
     settings = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                 for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "eval_batch_size")}
+    # views and augmentation name the run only when used, so runs from before they
+    # existed keep their identity
+    if cfg.views == 1:
+        settings.pop("views")
+    if cfg.augment is None:
+        settings.pop("augment")
+    else:
+        settings["augment"] = _call_text(cfg.augment)
     settings.update(optimizer=_call_text(cfg.optimizer), schedule=_call_text(cfg.schedule),
                     algorithm=cfg.algorithm or "bp", tangents=tangents, credit=credit,
                     train_examples=len(run.data.x_train))

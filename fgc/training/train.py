@@ -37,6 +37,7 @@ from jaxtyping import Array, PyTree
 from fgc.training import checkpoint, runs
 from fgc.front.config import Call, TrainConfig
 from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.training.views import make_views
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
 from fgc.lowering.lower import Network, count_params, lower, trainable
@@ -119,16 +120,20 @@ def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
 
 # --- the step --------------------------------------------------------------------------------
 
-def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None
-              ) -> Callable:
+def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None,
+              views: Callable | None = None) -> Callable:
     """The train step ``(net, opt_state, x, labels, key) -> (net, opt_state, losses)``.
 
     Estimation, local weight gradients, the optax update of the trainable arrays and
     the new buffers (batch-norm running statistics) run as one jit-compiled
     function; the network and optimizer state are donated (updated in place).
     ``max_traces`` makes a retrace an error (``eqx.debug.assert_max_traces``).
+    ``views`` (:func:`fgc.training.views.make_views`) makes the augmented views of the
+    batch first, on the device, from its own stream of the step's key.
     """
     def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
+        if views is not None:
+            x, labels = views(jax.random.fold_in(key, VIEWS_STREAM), x, labels)
         est = rule.estimate(net, x, labels, key)
         params = eqx.filter(net, trainable(net))
         updates, opt_state = tx.update(est.grads, opt_state, params)
@@ -137,6 +142,9 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
     return eqx.filter_jit(step, donate="all")
+
+
+VIEWS_STREAM = 0x7615  # folded into the step's key for the augmentation's draws
 
 
 @eqx.filter_jit
@@ -366,7 +374,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
                         (net, opt_state))
         clock.reset(global_step)
 
-    step_fn = make_step(run.rule, run.tx, max_traces=1)
+    step_fn = make_step(run.rule, run.tx, max_traces=1, views=make_views(cfg.views, cfg.augment))
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
     if start < stop:
@@ -383,7 +391,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     else:
         log(f"{out}: already at step {start:,} (--steps {steps:,})")
 
-    final_id = next((l.id for l in run.net.loss_heads if l.final), None)
+    # the loss `__call__` reads out (the classifier on `output`, fgc.lowering.lower.lower)
+    final_id = run.net.final_loss if any(l.final for l in run.net.loss_heads) else None
     wall0 = time.perf_counter()
     compile_seconds = None
     global_step = start
