@@ -44,7 +44,7 @@ _FROM_YIQ = np.linalg.inv(_TO_YIQ).astype(np.float32)
 
 
 def _gray(img):
-    w = jnp.asarray(_LUMA, img.dtype)
+    w = jnp.asarray(_LUMA, img.dtype).reshape(1, 1, 3)
     return jnp.broadcast_to(jnp.sum(img * w, axis=-1, keepdims=True), img.shape)
 
 
