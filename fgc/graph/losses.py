@@ -33,7 +33,9 @@ class LossElaboration:
             allowed = allowed + tuple(o.name for o in declared.options)
         for o in d.options:
             if o.name not in allowed:
+                owners = [k.name for k in LOSS_KINDS.values() if k.option(o.name)]
                 self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
+                               f"`{o.name}` is an option of `kind = {owners[0]}`" if owners else
                                _b.suggest(o.name, allowed) or f"options: {', '.join(allowed)}")
                 continue
             if o.name in opts:
