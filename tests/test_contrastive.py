@@ -122,7 +122,7 @@ block stem(width, groups) {
   out h | group_linear(width, groups = groups) | layernorm(groups = groups) | perturb | relu
 }
 head proj(groups) = layernorm(groups = groups) | mean(patches) | linear(4)
-head readout = mean(patches) | stopgrad | layernorm | linear(classes, init = zeros)
+head readout = stopgrad | mean(patches) | layernorm | linear(classes, init = zeros)
 network {
   out x | patchify(2) | stem(4, 2)
 }
@@ -203,7 +203,7 @@ block mixer(width, groups) {
 }
 head proj(groups) = layernorm(groups = groups) | mean(patches) | linear(4)
 head embedding = mean(patches) | linear(4)
-head readout = mean(patches) | stopgrad | layernorm | linear(classes, init = zeros)
+head readout = stopgrad | mean(patches) | layernorm | linear(classes, init = zeros)
 network {
   out x | patchify(2) | stem(4, 2) | mixer(4, 2)
 }
