@@ -13,6 +13,7 @@ import pytest
 from jax.scipy.linalg import block_diag
 
 import fgc
+from fgc.graph.loss_kinds import LOSS_KINDS
 from fgc.training.data import normalize
 from fgc.lowering.lower import DATASET_STATS, Network, count_params, lower, param_labels, weight_mask
 from fgc.lowering.modules import LAYERS, init_std, make_layer
@@ -161,7 +162,9 @@ def test_param_count_and_shapes_match_graph(spec):
             want = (2, info.patches if "patches" in info.replicate else 1,
                     info.groups if "groups" in info.replicate else 1)
         assert out.losses[info.id].shape == want, info.id
-        assert out.logits[info.id].shape == (2, g.meta["classes"])
+        head_out = g.node(info.head_nodes[-1]).shape if info.head_nodes else None
+        width = g.meta["classes"] if LOSS_KINDS[info.kind].output == "classes" else head_out[0]
+        assert out.logits[info.id].shape == (2, width)
     assert set(out.sites) == {n for n in g.g if g.node(n).kind == "perturb"}
     assert eqx.filter_eval_shape(net, x).shape == (2, g.meta["classes"])
 

@@ -108,6 +108,9 @@ class TrainConfig:
     # (fgc.training.augment), applied on the device inside the step
     augment: tuple = ()
     decay_on: str = "weights"  # which parameters weight decay reaches: weights or all
+    views: int = 1  # augmented views per example (2 for a contrastive loss)
+    # the policy that makes those views (`augment = byol(...)`), fgc.training.views.AUGMENTS
+    view_augment: Call | None = None
 
 
 @dataclass(frozen=True)
@@ -337,8 +340,10 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
 
 
 TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
-              "weight_decay", "algorithm", "flip", "eval_batch_size", "augment", "decay_on")
+              "weight_decay", "algorithm", "flip", "eval_batch_size", "augment", "decay_on",
+              "views")
 DECAY_ON = ("weights", "all")
+AUGMENT_ARGS = {"byol": {"min_area": (int, float), "strength": (int, float), "blur": bool}}
 
 
 def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
@@ -378,12 +383,13 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
             kw["flip"] = st["flip"].value
         else:
             d.add("E206", "flip must be true or false", st["flip"].span)
+    _views_from(st, kw, d)
     if "optimizer" in st:
         c = _call(st["optimizer"], OPTIMIZERS, "optimizer", d)
         if c is not None:
             _check_optax_kwargs(c, st["optimizer"].span, d)
             kw["optimizer"] = c
-    if "augment" in st:
+    if "augment" in st and not _is_view_policy(st["augment"]):
         aug = augment_from(st["augment"], d)
         if aug is not None:
             kw["augment"] = aug
@@ -435,6 +441,42 @@ def augment_from(v: S.Value, d: Diags) -> tuple | None:
     before = len(d.items)
     augment.check(calls, spans.__getitem__, d)
     return None if len(d.items) > before else tuple(calls)
+
+
+def _views_from(st: dict, kw: dict, d: Diags) -> None:
+    """``views = 1 | 2`` and ``augment = byol(min_area = ..., strength = ..., blur = ...)``."""
+    if "views" in st:
+        n = _num(st["views"])
+        if n not in (1, 2) or isinstance(n, float):
+            d.add("E206", "views must be 1 or 2", st["views"].span,
+                  "2 gives each example two augmented views (a contrastive loss needs them)")
+        else:
+            kw["views"] = n
+    if "augment" in st and _is_view_policy(st["augment"]):
+        c = _call(st["augment"], tuple(AUGMENT_ARGS), "augmentation", d)
+        if c is None:
+            return
+        args = AUGMENT_ARGS[c.name]
+        for k, v in c.kwargs:
+            if k not in args:
+                d.add("E203", f"{c.name}(...) has no argument `{k}`", st["augment"].span,
+                      suggest(k, args) or f"arguments: {', '.join(args)}")
+            elif not isinstance(v, args[k]) or (args[k] is not bool and isinstance(v, bool)):
+                d.add("E206", f"`{k}` of {c.name} must be "
+                      + ("true or false" if args[k] is bool else "a number"), st["augment"].span)
+            elif k == "min_area" and not 0 < v <= 1:
+                d.add("E206", f"min_area must be in (0, 1], got {v}", st["augment"].span,
+                      "the smallest crop, as a fraction of the image's area (BYOL: 0.08)")
+            else:
+                continue
+            return
+        kw["view_augment"] = c
+
+
+def _is_view_policy(v: S.Value) -> bool:
+    """``augment = byol(...)``: a policy that makes each example's views (contrastive
+    losses), not a list of per-image augmentations (``[crop(pad = 4), flip]``)."""
+    return isinstance(v, S.Call) and v.func in AUGMENT_ARGS
 
 
 def _known_dataset(name: str) -> bool:

@@ -32,7 +32,7 @@ from fgc.graph.build import Diags, suggest
 from fgc.front.config import TRAIN_KEYS  # noqa: E402  (one list of train settings)
 ALGORITHM_KEYS = ("target", "greedy", "estimator")
 GROUP_KEYS = ("params", "lr_scale", "weight_decay", "estimator", "optimizer")
-CALL_KEYS = ("optimizer", "schedule", "estimator")  # settings whose value takes KEY.ARG
+CALL_KEYS = ("optimizer", "schedule", "estimator", "augment")  # settings whose value takes KEY.ARG
 SECTIONS = ("train", "algorithm", "group")
 FORMS = "train.KEY=VALUE, algorithm.NAME.KEY=VALUE, group.NAME.KEY=VALUE or const.NAME=VALUE"
 PREFIX = "# --set "

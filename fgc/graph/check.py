@@ -5,6 +5,7 @@ from __future__ import annotations
 from fgc.graph.build import Builder, Diags
 from fgc.errors import plural
 from fgc.graph.ir import Graph
+from fgc.graph.loss_kinds import LOSS_KINDS
 from fgc.graph.ops import OPS, group_count
 from fgc.graph.passes import infer_shapes
 from fgc.front import syntax as S
@@ -25,7 +26,13 @@ def _check_losses(graph: Graph, diags: Diags) -> None:
         src = graph.node(loss.source)
         heads = [graph.node(n) for n in loss.head_nodes]
         last = heads[-1] if heads else src
-        if last.shape is not None and classes and last.shape != (classes,):
+        kind = LOSS_KINDS[loss.kind]
+        if kind.output == "embedding":
+            if last.shape is not None and len(last.shape) != 1:
+                diags.add("E401", f"head of loss `{loss.name}` gives shape {list(last.shape)}, "
+                          f"but a `{loss.kind}` loss needs an embedding [D] (a vector per "
+                          "example)", loss.span, "pool patches and end the head with linear(D)")
+        elif last.shape is not None and classes and last.shape != (classes,):
             diags.add("E401", f"head of loss `{loss.name}` gives shape {list(last.shape)}, "
                       f"but the loss needs [{classes}] (one logit per class)", loss.span,
                       f"end the head with linear(classes) and pool patches before it")

@@ -80,6 +80,7 @@ class LossInfo:
     # a final loss that is also the local loss of the block it reads (`local = true`):
     # under a local target it trains that block instead of reading a stop-gradiented input
     also_local: bool = False
+    options: dict = field(default_factory=dict)  # the kind's own options, defaults filled in
 
     @property
     def replicas(self) -> int:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from fgc.front import syntax as S
 from fgc.graph.ir import EdgeData, LossInfo, NodeData
 from fgc.graph import build as _b  # shared helpers; used only at call time (no cycle at import)
-from fgc.graph.ops import OPS, LOSS_KINDS, REPLICATE_AXES
+from fgc.graph.loss_kinds import LOSS_KINDS
+from fgc.graph.ops import OPS, REPLICATE_AXES
 
 
 class LossElaboration:
@@ -28,9 +29,17 @@ class LossElaboration:
         hd = self.heads[hname]
         opts = {}
         allowed = ("replicate", "groups", "kind", "local")
+        # a kind's own options are known once the kind is: look it up first
+        kind_opt = next((o for o in d.options if o.name == "kind"), None)
+        declared = LOSS_KINDS.get(getattr(kind_opt.value, "id", None)) if kind_opt else \
+            LOSS_KINDS["xent"]
+        if declared is not None:
+            allowed = allowed + tuple(o.name for o in declared.options)
         for o in d.options:
             if o.name not in allowed:
+                owners = [k.name for k in LOSS_KINDS.values() if k.option(o.name)]
                 self.diags.add("E203", f"unknown loss option `{o.name}`", o.span,
+                               f"`{o.name}` is an option of `kind = {owners[0]}`" if owners else
                                _b.suggest(o.name, allowed) or f"options: {', '.join(allowed)}")
                 continue
             if o.name in opts:
@@ -47,6 +56,17 @@ class LossElaboration:
             self.diags.add("E207", f"unknown loss kind `{kind}`", where.get("kind", d.span),
                            f"supported: {', '.join(LOSS_KINDS)}")
             return
+        kind_opts = LOSS_KINDS[kind].defaults()
+        for o in LOSS_KINDS[kind].options:
+            if o.name in opts:
+                v = opts[o.name]
+                v = {"true": True, "false": False}.get(v.name, v) if isinstance(v, _b._Symbol) else v
+                bad = o.check(v)
+                if bad:
+                    self.diags.add("E206", f"`{o.name}` of a `{kind}` loss {bad}", where[o.name],
+                                   o.doc or None)
+                    return
+                kind_opts[o.name] = v
         rep = opts.get("replicate", [])
         rep = rep if isinstance(rep, list) else [rep]
         axes = []
@@ -116,7 +136,8 @@ class LossElaboration:
             self.graph.losses[lid] = LossInfo(lid, d.name, kind, src, nodes,
                                               where == "output",
                                               tuple(axes), groups, span=d.span,
-                                              also_local=also_local)
+                                              also_local=also_local,
+                                              options=dict(kind_opts))
 
     def _targets(self, v: S.Value):
         items = v.items if isinstance(v, S.List) else (v,)

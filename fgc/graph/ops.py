@@ -347,5 +347,4 @@ def group_count(opdef: OpDef, attrs: dict) -> int | None:
     return attrs.get(opdef.channel_groups) if opdef.channel_groups else None
 
 
-LOSS_KINDS = ("xent",)  # contrastive kinds plug in here
 REPLICATE_AXES = ("patches", "groups")

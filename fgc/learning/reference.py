@@ -49,11 +49,29 @@ def _values(net, x, *, replace: dict | None = None):
     return vals
 
 
+def _infonce(z, temperature, stop_keys):
+    """InfoNCE row by row: row i against every other row, its positive the other view
+    (row i ± N/2); written out, not shared with fgc.lowering.contrastive."""
+    n = z.shape[0]
+    q = z / jnp.sqrt(jnp.sum(z ** 2, axis=1, keepdims=True))
+    k = jax.lax.stop_gradient(q) if stop_keys else q
+    rows = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        s = jnp.stack([jnp.dot(q[i], k[j]) for j in others]) / temperature
+        rows.append(jax.scipy.special.logsumexp(s) - s[others.index((i + n // 2) % n)])
+    return jnp.stack(rows)
+
+
 def _loss_of(net, head, vals, labels):
     z = vals[head.logits_node]
     if head.stop:
         z = jax.lax.stop_gradient(z)
-    return _xent(z, labels)
+    if head.kind == "xent":
+        return _xent(z, labels)
+    if head.kind == "contrastive":
+        return _infonce(z, head.opts["temperature"], head.opts["stop_keys"])
+    raise NotImplementedError(f"no reference for loss kind `{head.kind}`")
 
 
 def reference_objective(net, x, labels):

@@ -43,9 +43,10 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from fgc.training.data import DATASET_STATS, normalize as _normalize
 from fgc.errors import LoweringError
+from fgc.graph.loss_kinds import LOSS_KINDS as _KINDS
+from fgc.lowering.loss_rules import RULES as _LOSS_RULES, loss_rule, replicated_loss
 from fgc.lowering.modules import (AbstractLayer, Buffer, FrozenLayers, StatefulLayer, is_buffer,
                                   make_layer, trainable)
-from fgc.lowering.replicated import replicated_xent, xent
 
 if TYPE_CHECKING:
     from fgc.plan.program import Plan
@@ -57,7 +58,7 @@ Shape = tuple[int, ...]
 
 Intercept = Callable[["Step", Callable[..., Array], list[Array]], Array]
 
-LOSS_KINDS = ("xent",)
+LOSS_KINDS = tuple(_LOSS_RULES)  # the kinds with a lowering (fgc.lowering.loss_rules)
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,7 @@ class LossHead:
       groups: channel groups of the replicas (1 unless replicated over groups).
       stop: the edge into the loss itself stops gradients (a loss with no head
         ops reading a stop-gradiented source).
+      options: the kind's options, ``(name, value)`` pairs (``temperature`` ...).
     """
 
     id: str
@@ -109,6 +111,11 @@ class LossHead:
     replicate: tuple[str, ...]
     groups: int
     stop: bool = False
+    options: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def opts(self) -> dict:
+        return dict(self.options)
 
     @property
     def logits_node(self) -> str:
@@ -263,7 +270,7 @@ class Network(eqx.Module):
                     losses[l.id] = self._fused_loss(l, vals, labels)
                 else:
                     z = jax.lax.stop_gradient(logits[l.id]) if l.stop else logits[l.id]
-                    losses[l.id] = xent(z, labels)
+                    losses[l.id] = loss_rule(l.kind).plain(z, labels, l.opts)
         return Forward(losses, logits, sites, site_inputs, vals if keep_values else {}, state)
 
     def values(self, x: Array, *, noise: dict[str, Array] | None = None,
@@ -340,7 +347,8 @@ class Network(eqx.Module):
         if "patches" not in loss.replicate:
             # One replica per group over all patches: pool first, then P = 1.
             h = jnp.mean(h, axis=1, keepdims=True)
-        return replicated_xent(h, linear.weight, bias, labels, loss.groups)
+        return replicated_loss(loss.kind, loss.opts, h, linear.weight, bias, labels,
+                               loss.groups)
 
 
 def _ancestors(steps: tuple[Step, ...], target: str) -> set[str]:
@@ -412,10 +420,12 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
         losses.append(LossHead(info.id, info.name, info.kind, info.source, tuple(info.head_nodes),
                                info.final, tuple(info.replicate),
                                info.groups if "groups" in info.replicate else 1,
-                               into_loss.stop_gradient))
+                               into_loss.stop_gradient, tuple(sorted(info.options.items()))))
     if not losses:
         raise ValueError("the graph has no loss")
-    finals = [l.id for l in losses if l.final]
+    # The classifier on `output` (a loss against labels) is what `__call__` reads out.
+    finals = [l.id for l in losses if l.final and _KINDS[l.kind].targets == "labels"] or \
+        [l.id for l in losses if l.final]
     # Without a final loss, __call__ reads out the last local loss.
     final = finals[0] if finals else losses[-1].id
     mean = std = None

@@ -13,7 +13,8 @@ Why it is unbiased: with activity noise ``z`` on unit ``u``, ``E[d_r z_u] =
 ``Σ_r ∂L_r/∂u`` over the replicas it reaches. Crediting the sum over every replica
 that *can* be reached (its own patch unless some op on a path mixes positions, its
 own group unless some op mixes across groups of the loss, its own example unless
-some op uses batch statistics) is therefore unbiased; crediting a replica it cannot
+some op uses batch statistics or the loss kind couples examples,
+:meth:`fgc.graph.loss_kinds.LossKind.couples_examples`) is therefore unbiased; crediting a replica it cannot
 reach only adds a zero-mean term (variance). So the rule errs one way: an op whose
 facts are unknown counts as mixing every axis.
 
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 import networkx as nx
 
 from fgc.graph.ir import Graph, LossInfo
+from fgc.graph.loss_kinds import LOSS_KINDS
 from fgc.graph.ops import OPS, group_count
 
 RULES = ("exact", "ignore_norm")
@@ -191,7 +193,10 @@ def _credits(graph: Graph, flow: nx.DiGraph, nid: str, targets: dict,
         if to_h is None:  # reaches the loss only past the slices (cannot happen in a checked head)
             to_h = to_loss
         facts = _facts(graph, to_h, rule)
-        examples = not _facts(graph, to_loss, rule)[0]
+        # A loss that couples examples (InfoNCE without stopped keys) carries a unit's
+        # change into every example's loss derivative, as batch statistics do.
+        examples = not (_facts(graph, to_loss, rule)[0]
+                        or LOSS_KINDS[loss.kind].couples_examples(loss.options))
         h_shape = graph.node(h).shape
         keep_p = ("patches" in loss.replicate and not facts[1] and len(shape) >= 2
                   and h_shape is not None and tuple(shape[:-1]) == tuple(h_shape[:-1]))

@@ -294,6 +294,20 @@ def _check_site_coverage(g: Graph, nodes: dict[str, str], d: Diags) -> None:
               "add `| perturb |` after the layer's norm, before its activation")
 
 
+def _check_views(graph: Graph, train: TrainConfig, sec, d: Diags) -> None:
+    """E408: a loss that compares two views of each example needs ``views = 2``."""
+    from fgc.graph.loss_kinds import LOSS_KINDS
+    needs = [l for l in graph.losses.values() if LOSS_KINDS[l.kind].targets == "views"]
+    if needs and train.views != 2:
+        loss = needs[0]
+        at = sec.get("views") if sec is not None and sec.get("views") is not None else None
+        d.add("E408", f"loss `{loss.name}` is `{loss.kind}`: it compares two views of each "
+              f"example, but the train section makes {train.views}",
+              at.span if at is not None else loss.span,
+              "add `views = 2` and an augmentation, e.g. `augment = byol(min_area = 0.5)`, "
+              "to the train section")
+
+
 def _mark_stops(g: Graph, algo: Algorithm) -> None:
     """Stop-gradient edges: the spec's own `stopgrad`, block boundaries when greedy,
     and the readout when the backbone learns from local losses."""
@@ -313,7 +327,7 @@ def _mark_stops(g: Graph, algo: Algorithm) -> None:
         if not project and (loss.final and algo.target == "local" and not loss.also_local
                             or not loss.final and algo.target == "global"):
             e.stop_gradient, e.why = True, "readout"
-        else:
+        elif g.node(first).kind != "stopgrad":  # a head's own leading `stopgrad` stays
             e.stop_gradient, e.why = False, None
 
 
@@ -492,6 +506,7 @@ def _program(spec: S.SpecFile) -> Program:
         if s.name:
             d.add("E002", "`train` takes no name", s.span, "write `train { ... }`")
     train = train_from(trains[0] if trains else None, d)
+    _check_views(graph, train, trains[0] if trains else None, d)
     if not d:  # sizes from a graph whose shapes are all known
         sizes.check(graph, train.batch_size, d)
     broken = {s.name for s in spec.of(S.Section) if s.kind == "algorithm"}

@@ -109,6 +109,13 @@ def identity(run, *, tangents: int | None, credit: str | None,
     for k in ("augment", "decay_on"):  # newer settings: at their default, runs from before match
         if getattr(cfg, k) == getattr(type(cfg)(), k):
             settings.pop(k)
+    # views name the run only when used, so runs from before they existed keep their identity
+    if cfg.views == 1:
+        settings.pop("views")
+    if cfg.view_augment is None:
+        settings.pop("view_augment")
+    else:
+        settings["view_augment"] = _call_text(cfg.view_augment)
     settings.update(optimizer=_call_text(cfg.optimizer), schedule=_call_text(cfg.schedule),
                     algorithm=cfg.algorithm or "bp", tangents=tangents, credit=credit,
                     train_examples=len(run.data.x_train))

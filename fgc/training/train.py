@@ -37,6 +37,7 @@ from jaxtyping import Array, PyTree
 from fgc.training import checkpoint, runs
 from fgc.front.config import Call, TrainConfig
 from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.training.views import make_views
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
 from fgc.lowering.lower import Network, count_params, lower, trainable
@@ -124,7 +125,8 @@ def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
 AUGMENT_STREAM = 0x617567  # folded into a step's key for its augmentation ("aug")
 
 def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces: int | None = None,
-              augment: Callable[[Array, Array], Array] | None = None) -> Callable:
+              augment: Callable[[Array, Array], Array] | None = None,
+              views: Callable | None = None) -> Callable:
     """The train step ``(net, opt_state, x, labels, key) -> (net, opt_state, losses)``.
 
     Estimation, local weight gradients, the optax update of the trainable arrays and
@@ -132,11 +134,15 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
     function; the network and optimizer state are donated (updated in place).
     ``max_traces`` makes a retrace an error (``eqx.debug.assert_max_traces``).
     ``augment`` (:func:`fgc.training.augment.make`) transforms the batch first, on the
-    device, with randomness folded from the step's key.
+    device, with randomness folded from the step's key; ``views``
+    (:func:`fgc.training.views.make_views`) then makes the augmented views of the batch,
+    from its own stream of the step's key.
     """
     def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
         if augment is not None:  # a stream of its own: the estimator's draws stay as they were
             x = augment(x, jax.random.fold_in(key, AUGMENT_STREAM))
+        if views is not None:
+            x, labels = views(jax.random.fold_in(key, VIEWS_STREAM), x, labels)
         est = rule.estimate(net, x, labels, key)
         params = eqx.filter(net, trainable(net))
         updates, opt_state = tx.update(est.grads, opt_state, params)
@@ -145,6 +151,9 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
     if max_traces is not None:
         step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
     return eqx.filter_jit(step, donate="all")
+
+
+VIEWS_STREAM = 0x7615  # folded into the step's key for the augmentation's draws
 
 
 @eqx.filter_jit
@@ -407,7 +416,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         clock.reset(global_step)
 
     from fgc.training.augment import make as make_augment
-    step_fn = make_step(run.rule, run.tx, max_traces=1, augment=make_augment(cfg.augment))
+    step_fn = make_step(run.rule, run.tx, max_traces=1, augment=make_augment(cfg.augment),
+                        views=make_views(cfg.views, cfg.view_augment))
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
     if start < stop:
@@ -424,7 +434,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     else:
         log(f"{out}: already at step {start:,} (--steps {steps:,})")
 
-    final_id = next((l.id for l in run.net.loss_heads if l.final), None)
+    # the loss `__call__` reads out (the classifier on `output`, fgc.lowering.lower.lower)
+    final_id = run.net.final_loss if any(l.final for l in run.net.loss_heads) else None
     wall0 = time.perf_counter()
     compile_seconds = None
     global_step = start
