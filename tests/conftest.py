@@ -4,6 +4,7 @@ import os
 import tempfile
 
 import jax
+import pytest
 
 # Many tests compile the same small train steps: keep compiled programs on disk for
 # the session so that each is compiled once.
@@ -16,6 +17,17 @@ jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # error, not a silently wrong broadcast; warnings are errors too (pyproject's filterwarnings).
 jax.config.update("jax_numpy_rank_promotion", "raise")
 
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.slow` tests run only with FGC_SLOW=1: the default suite must stay under
+    10 minutes on 2 cores; each slow test has a faster sibling that runs by default."""
+    if os.environ.get("FGC_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow: set FGC_SLOW=1 to run it")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 def pytest_addoption(parser):

@@ -263,6 +263,7 @@ def test_views_are_seeded_batched_and_laid_out_view_by_view():
     np.testing.assert_allclose(plain[4:], np.asarray(x) / 255.0, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_cli_trains_the_contrastive_m_8_16_spec_on_tiny_data(tmp_path):
     r = np.random.default_rng(0)
     npz = tmp_path / "tiny.npz"

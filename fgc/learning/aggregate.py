@@ -140,17 +140,22 @@ class Orthogonal(Aggregation):
 
     def prepare(self, noise):
         k, _, n = noise.shape
-        q, rr = jnp.linalg.qr(jnp.moveaxis(noise, 0, -1))  # [M, n, r], r = min(n, K)
-        # Gram–Schmidt's signs (R's diagonal positive): Householder QR flips each column by
-        # the sign of a coordinate of the noise, which gives the directions a non-zero mean
-        # and, through the other partitions' noise in every directional derivative, a bias.
-        d = jnp.diagonal(rr, axis1=-2, axis2=-1)
-        q = q * jnp.where(d < 0, -1.0, 1.0).astype(q.dtype)[..., None, :]
-        r = q.shape[-1]
-        q = q * math.sqrt(n * k / r)
-        if r < k:
-            q = jnp.concatenate([q, jnp.zeros((*q.shape[:-1], k - r), q.dtype)], axis=-1)
-        return jnp.moveaxis(q, -1, 0)
+        r = min(n, k)
+        # Modified Gram–Schmidt, written out: it keeps Gram–Schmidt's signs (a direction
+        # stays on its own noise's side; Householder QR flips columns by the sign of a
+        # coordinate, which gives the directions a non-zero mean and, through the other
+        # partitions' noise in every directional derivative, a bias), and it needs no
+        # LAPACK call (XLA:CPU's QR, vmapped inside the chunked jvps, hung in a test).
+        qs: list[Array] = []
+        for j in range(r):
+            v = noise[j]
+            for q in qs:
+                v = v - jnp.sum(q * v, axis=-1, keepdims=True) * q
+            qs.append(v / jnp.linalg.norm(v, axis=-1, keepdims=True))
+        q = jnp.stack(qs) * math.sqrt(n * k / r)
+        if r < k:  # more tangents than dimensions: the rest would be zero directions
+            q = jnp.concatenate([q, jnp.zeros((k - r, *q.shape[1:]), q.dtype)])
+        return q
 
     def finish(self, total, k):
         return total / k
