@@ -192,6 +192,17 @@ def _moments(rule: UpdateRule, net, x, y, samples: int, seed: int, chunk: int):
     return total, total_sq
 
 
+def _setup(plan, batch_size: int, seed: int):
+    """What every check starts from (call under float64): the lowered network with no
+    zero weights, a random batch, the plan's update rule, each node's estimator, and
+    ``jax.grad`` of the independent reference per node."""
+    net = _without_zero_weights(
+        lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False), seed)
+    x, y = _batch(plan, batch_size, seed)
+    rule = UpdateRule.build(plan)
+    return net, x, y, rule, dict(rule.estimator_of), _by_node(reference_grads(net, x, y))
+
+
 def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0,
                 alpha: float = 1e-6, chunk: int | None = None) -> Report:
     """Checks every parameter group of ``plan`` against the reference gradient.
@@ -209,12 +220,7 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
         return verify_projection(plan, samples=samples, batch_size=batch_size, seed=seed)
     t0 = time.perf_counter()
     with jax.enable_x64(True):
-        net = _without_zero_weights(
-            lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False), seed)
-        x, y = _batch(plan, batch_size, seed)
-        rule = UpdateRule.build(plan)
-        est_of = dict(rule.estimator_of)
-        true = _by_node(reference_grads(net, x, y))
+        net, x, y, rule, est_of, true = _setup(plan, batch_size, seed)
         checks = {n: EXACT_CHECK for n in true}
         feedback = {n: e for n, e in est_of.items() if e.kind in CHECKS}
         if feedback:  # feedback alignment's updates are not gradients: their own reference

@@ -244,19 +244,11 @@ def verify_projection(plan, *, samples: int = 3, batch_size: int = 4, seed: int 
     exact (allclose to the reference gradient)."""
     import time
 
-    from fgc.learning.estimators import UpdateRule
     from fgc.learning.projection import _Projection
-    from fgc.learning.reference import reference_grads
-    from fgc.learning.verify import LayerCheck, Report, _batch, _by_node, _without_zero_weights
-    from fgc.lowering.lower import lower
+    from fgc.learning.verify import LayerCheck, Report, _by_node, _setup
     t0 = time.perf_counter()
     with jax.enable_x64(True):
-        net = _without_zero_weights(
-            lower(plan, jax.random.key(seed), dtype=jnp.float64, normalize=False), seed)
-        x, y = _batch(plan, batch_size, seed)
-        rule = UpdateRule.build(plan)
-        est_of = dict(rule.estimator_of)
-        true = _by_node(reference_grads(net, x, y))
+        net, x, y, rule, est_of, true = _setup(plan, batch_size, seed)
         draws = max(1, min(samples, 3))
         bad: dict[str, list[str]] = {}
         own = set()

@@ -22,7 +22,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -30,10 +29,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from fgc.tools.common import write_whole
 from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TANGENTS,
-                                     DEFAULT_WARMUP, RESULT, DiagnoseError, _block_label,
+                                     DEFAULT_WARMUP, DiagnoseError, _block_label,
                                      _subtitle, _target_words)
+from fgc.tools.diagnose.report import write_result
 
 AGGREGATE_PLOT = "aggregate.png"
 _DEFINITIONS = {
@@ -192,15 +191,8 @@ def _aggregate_stats(idx, ks, true_sq, var, dots, scale) -> dict:
 
 def save_aggregations(result: dict, out: str | os.PathLike) -> list[Path]:
     """Writes ``diagnose.json`` and ``aggregate.png`` into ``out`` (created if missing)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiagnoseError(f"cannot write into `{out}`: it is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DiagnoseError(f"cannot create `{out}`: {e.strerror or e}") from None
-    path = out / RESULT
-    write_whole(path, json.dumps(result, indent=1, allow_nan=False) + "\n", DiagnoseError)
+    path = write_result(result, out)
+    out = path.parent
     import matplotlib
 
     from fgc.tools.plot import _RC, _save

@@ -23,15 +23,8 @@ def save(result: dict, out: str | os.PathLike) -> list[Path]:
     Returns:
       The files written.
     """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DiagnoseError(f"cannot write into `{out}`: it is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise DiagnoseError(f"cannot create `{out}`: {e.strerror or e}") from None
-    path = out / RESULT
-    write_whole(path, json.dumps(result, indent=1, allow_nan=False) + "\n", DiagnoseError)
+    path = write_result(result, out)
+    out = path.parent
     written = [path]
     import matplotlib
 
@@ -97,3 +90,18 @@ def format_table(r: dict) -> str:
         if note:
             lines.append(f"Table 1 column: {note}")
     return "\n".join(lines)
+
+
+def write_result(result: dict, out: str | os.PathLike) -> Path:
+    """Writes ``result`` as ``out/diagnose.json`` (``out`` created if missing), whole or not
+    at all; a clear error when ``out`` is a file or cannot be created."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DiagnoseError(f"cannot write into `{out}`: it is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DiagnoseError(f"cannot create `{out}`: {e.strerror or e}") from None
+    path = out / RESULT
+    write_whole(path, json.dumps(result, indent=1, allow_nan=False) + "\n", DiagnoseError)
+    return path
