@@ -8,9 +8,12 @@ import pytest
 
 # Many tests compile the same small train steps: keep compiled programs on disk for
 # the session so that each is compiled once.
+# One cache per pytest-xdist worker: concurrent writers to one cache have crashed jax's
+# cache write (BENCHMARKS.md §6).
 jax.config.update("jax_compilation_cache_dir",
                   os.environ.get("FGC_TEST_JAX_CACHE",
-                                 os.path.join(tempfile.gettempdir(), "fgc-test-jax-cache")))
+                                 os.path.join(tempfile.gettempdir(), "fgc-test-jax-cache"))
+                  + "-" + os.environ.get("PYTEST_XDIST_WORKER", "main"))
 jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
 jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 # Strict: an implicit rank promotion (a [B] array broadcast against [B, C] by accident) is an

@@ -58,7 +58,10 @@ def _true_gradient(program, algorithm, net, x, y):
     return jax.grad(lambda p: objective(eqx.combine(p, static).forward(x, y).losses))(params)
 
 
-@pytest.mark.parametrize("algorithm", ["fg-a", "lg-fg-a", "fg-w", "lg-fg-w"])
+# Weight perturbation's unbiasedness is also `fgc verify`'s (tests/test_verify.py, the oracle):
+# its two long runs here are `slow`.
+@pytest.mark.parametrize("algorithm", ["fg-a", "lg-fg-a", pytest.param("fg-w", marks=pytest.mark.slow),
+                                       pytest.param("lg-fg-w", marks=pytest.mark.slow)])
 def test_forward_gradient_is_unbiased(program, algorithm):
     net = _net(program, algorithm)
     x, y = _batch()
