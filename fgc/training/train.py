@@ -41,6 +41,7 @@ from fgc.training.views import make_views
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
 from fgc.lowering.lower import Network, count_params, lower, trainable
+from fgc.lowering.modules import with_precision
 
 if False:  # typing only
     from fgc.plan.program import Plan, Program
@@ -253,6 +254,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
                         f"batch of {cfg.batch_size}; lower --batch-size")
     key = jax.random.key(cfg.seed)
     net = lower(plan, jax.random.fold_in(key, 0), stats=input_stats(prog, data))
+    if cfg.precision != "default":  # how products are taken; the parameters stay float32
+        net = with_precision(net, cfg.precision)
     rule = UpdateRule.build(plan, net)
     tx, schedules = make_optimizer(plan, cfg, steps)
     return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
