@@ -36,7 +36,8 @@ from jaxtyping import Array, PyTree
 
 from fgc.training import checkpoint, runs
 from fgc.front.config import Call, TrainConfig
-from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.training.data import (Dataset, iterate_batches, load_dataset, num_batches,
+                               prefetch_to_device)
 from fgc.training.views import make_views
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
@@ -453,10 +454,12 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, seed=cfg.seed,
                                   epoch=epoch, shuffle=True, drop_last=True, flip=cfg.flip)
         halted = False
-        for i, (xb, yb) in enumerate(itertools.islice(batches, skip, None), start=skip):
+        # the next batch is assembled and copied to the device while this one's step runs
+        on_device = prefetch_to_device(itertools.islice(batches, skip, None))
+        for i, (xb, yb) in enumerate(on_device, start=skip):
             ts = time.perf_counter()
             key = jax.random.fold_in(run.key, global_step + 1)
-            net, opt_state, losses = step_fn(net, opt_state, jnp.asarray(xb), jnp.asarray(yb), key)
+            net, opt_state, losses = step_fn(net, opt_state, xb, yb, key)
             global_step += 1
             pending.append((i, losses))
             if compile_seconds is None:
