@@ -5,7 +5,9 @@ transformation from a plan (``optax.partition`` over the parameter groups, each
 with its optimizer, learning-rate multiplier, schedule and weight decay on
 weights only), :func:`make_step` one jit-compiled step (the estimator of
 :mod:`fgc.learning.estimators` plus the optax update, buffers donated), and
-:func:`train` the whole run with metrics, checkpoints and resume.
+:func:`train` the whole run with metrics, checkpoints and resume (its loop calls the same
+step as a :class:`fgc.training.flat_step.FlatStep`, fed by
+:func:`fgc.training.data.prefetch_to_device`).
 
 Example:
     >>> import fgc
@@ -48,8 +50,8 @@ from fgc.lowering.modules import with_precision
 if False:  # typing only
     from fgc.plan.program import Plan, Program
 
-__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
-           "prepare", "train"]
+__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step",
+           "param_group_labels", "prepare", "step_body", "train"]
 
 
 # --- optimizers ------------------------------------------------------------------------------
