@@ -68,6 +68,25 @@ def test_bfloat16_layer_is_close_to_float32_and_returns_float32(kind, attrs, sha
         assert _rel(g.weight, g_exact.weight) < (3e-2 if precision == "bfloat16" else 1e-5)
 
 
+@pytest.mark.parametrize("kind,attrs,shapes,x_shape", LAYERS, ids=[l[0] for l in LAYERS])
+def test_the_accelerator_path_takes_bfloat16_operands_and_sums_in_float32(
+        kind, attrs, shapes, x_shape, monkeypatch):
+    """Off CPU the product itself is bfloat16 × bfloat16 → float32 (on CPU fgc emulates
+    it, as XLA:CPU lacks some of these dots): traced as a GPU would run it, the forward
+    product takes bfloat16 operands and returns float32, and its gradient and JVP trace."""
+    monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+    layer = with_precision(make_layer(kind, attrs, shapes, key=jax.random.key(0)), "bfloat16")
+    x = jnp.ones(x_shape)
+    forward = jax.make_jaxpr(layer)(x)
+    products = [e for e in forward.jaxpr.eqns
+                if e.primitive.name in ("dot_general", "conv_general_dilated")]
+    assert len(products) == 1
+    assert [v.aval.dtype for v in products[0].invars] == [jnp.bfloat16] * 2
+    assert products[0].outvars[0].aval.dtype == jnp.float32
+    jax.make_jaxpr(jax.grad(lambda m, x: jnp.sum(m(x)), argnums=(0, 1)))(layer, x)
+    jax.make_jaxpr(lambda x: jax.jvp(layer, (x,), (x,)))(x)
+
+
 def test_default_precision_is_the_old_layer_bit_for_bit():
     """`default` changes nothing: the same products as before precision existed."""
     for kind, attrs, shapes, x_shape in LAYERS:
