@@ -180,6 +180,16 @@ def test_precision_round_trips_through_fmt_and_overrides():
         == "default"
 
 
+def test_precision_through_set(tmp_path):
+    from fgc.errors import SpecError
+    from fgc.front.overrides import load
+    spec = tmp_path / "p.fg"
+    spec.write_text(TINY)
+    assert load(spec, ["train.precision=float32"]).train.precision == "float32"
+    with pytest.raises(SpecError, match="precision must be one of default, float32, bfloat16"):
+        load(spec, ["train.precision=fp16"])
+
+
 def test_precision_flag_on_train_and_bench():
     p = build_parser()
     assert p.parse_args(["train", "s.fg", "--out", "o", "--precision", "bfloat16"]).precision \
