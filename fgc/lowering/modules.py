@@ -440,7 +440,6 @@ class BatchNorm(_AbstractNorm, StatefulLayer):
         return BatchStats((1 - m) * self.stats.mean + m * mean, (1 - m) * self.stats.var + m * var)
 
 
-
 # --- precision of a lowered network --------------------------------------------------------
 
 _MATMUL_LAYERS = (Dense, GroupLinear, TokenMix, Conv)

@@ -398,8 +398,9 @@ def prefetch_to_device(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: i
 
     A batch is assembled (the numpy indexing of :func:`iterate_batches`) and copied to the
     device (``jax.device_put``, which returns at once) while the caller's step on the batch
-    before it runs: JAX dispatches that step asynchronously, so host work and the copy
-    overlap it. The batches and their order are those of ``batches``; the arrays keep their
+    before it runs: a plain ``jax.jit`` step (the run loop's
+    :class:`~fgc.training.flat_step.FlatStep`) is dispatched asynchronously, so host work
+    and the copy overlap it (``eqx.filter_jit`` waits for each call, so under it they do not). The batches and their order are those of ``batches``; the arrays keep their
     dtype (uint8 images travel as uint8 and the network normalises them on the device).
 
     Args:

@@ -3,9 +3,9 @@ state's arrays, donated, instead of ``eqx.filter_jit`` over the network's pytree
 
 Why: per call ``eqx.filter_jit`` splits the whole (network, optimizer state) pytree into
 arrays and the rest, hashes the rest, rebuilds the outputs' pytree, and then waits for
-the result (equinox 0.13 blocks on every call). For LocalMixer M/1/16 that is several
-milliseconds of Python per step, as long as a whole step on a GPU, and the wait keeps the
-next batch's host work from overlapping the step (BENCHMARKS.md, "Host side and
+the result (equinox 0.13 blocks on every call). For LocalMixer M/1/16 that measured 6–7 ms
+of Python per step on the 2-core development machine, about what issue #13 quotes for a
+whole step on a GPU, and the wait keeps the next batch's host work from overlapping the step (BENCHMARKS.md, "Host side and
 precision"). Here the pytree is taken apart once: the loop holds the arrays, each step
 takes and returns that list (the same arrays, in place: donated), and the pytree is
 rebuilt only where a checkpoint, an evaluation or the caller needs it. The compiled
