@@ -340,3 +340,34 @@ def test_real_cifar10():
     assert ds.x_train.dtype == np.uint8 and ds.image_shape == (32, 32, 3)
     assert np.bincount(ds.y_train).tolist() == [5000] * 10
     assert np.bincount(ds.y_test).tolist() == [1000] * 10
+
+
+def test_prefetch_to_device_keeps_the_batches_their_order_and_uint8():
+    """Double buffering changes where a batch is when, never which batch or its dtype:
+    uint8 images go to the device as uint8 (the network normalises them there)."""
+    import jax
+
+    from fgc.training.data import prefetch_to_device
+    x = np.arange(10 * 2 * 2 * 1, dtype=np.uint8).reshape(10, 2, 2, 1)
+    y = np.arange(10, dtype=np.int32)
+    want = list(iterate_batches(x, y, 3, seed=1, epoch=2, shuffle=True, drop_last=True))
+    pulled = []
+
+    def source():
+        for b in iterate_batches(x, y, 3, seed=1, epoch=2, shuffle=True, drop_last=True):
+            pulled.append(b)
+            yield b
+
+    for size in (1, 2, 3):
+        pulled.clear()
+        it = prefetch_to_device(source(), size)
+        first = next(it)
+        assert len(pulled) == min(size, len(want))  # ahead by size - 1, no more
+        got = [first, *it]
+        assert len(got) == len(want)
+        for (gx, gy), (wx, wy) in zip(got, want):
+            assert isinstance(gx, jax.Array) and gx.dtype == np.uint8 and gy.dtype == np.int32
+            np.testing.assert_array_equal(gx, wx)
+            np.testing.assert_array_equal(gy, wy)
+    with pytest.raises(ValueError, match="at least 1"):
+        next(prefetch_to_device(iter(want), 0))

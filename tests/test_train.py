@@ -64,6 +64,32 @@ def test_step_traces_once(spec_path, data):
     assert all(np.isfinite(float(v)) for v in losses.values())
 
 
+def test_the_loops_flat_step_is_make_step_to_the_bit(spec_path, data):
+    """FlatStep (a plain jax.jit over the state's arrays, which the run loop calls) makes
+    exactly make_step's updates and losses, and rebuilds the same pytree."""
+    from fgc.training.flat_step import FlatStep
+    from fgc.training.train import step_body
+    run = prepare(spec_path, dataset=data)
+    step = make_step(run.rule, run.tx)
+    net, opt = run.init_state()
+    copies = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, (net, opt))
+    flat = FlatStep(step_body(run.rule, run.tx), *copies, max_traces=1)
+    arrays = flat.arrays(*copies)
+    for i in range(3):
+        def batch():  # fresh buffers: both steps donate theirs
+            return (jnp.asarray(data.x_train[i * 32:(i + 1) * 32]),
+                    jnp.asarray(data.y_train[i * 32:(i + 1) * 32]), jax.random.key(i))
+        net, opt, want = step(net, opt, *batch())
+        arrays, got = flat(arrays, *batch())
+        assert {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+    new_net, new_opt = flat.tree(arrays)
+    for a, b in zip(_arrays((net, opt)), _arrays((new_net, new_opt))):
+        np.testing.assert_array_equal(a, b)
+    assert jax.tree.structure(new_net) == jax.tree.structure(net)
+    with pytest.raises(ValueError, match="structure"):
+        flat.arrays(net, None)
+
+
 @pytest.mark.parametrize("algorithm", ["bp", "l-bp", "lg-bp", "fg-w", "fg-a", "lg-fg-w", "lg-fg-a"])
 def test_every_algorithm_lowers_the_local_loss(spec_path, data, algorithm):
     """A few steps of each preset reduce the loss it trains (same batch, small lr)."""

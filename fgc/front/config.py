@@ -111,6 +111,9 @@ class TrainConfig:
     views: int = 1  # augmented views per example (2 for a contrastive loss)
     # the policy that makes those views (`augment = byol(...)`), fgc.training.views.AUGMENTS
     view_augment: Call | None = None
+    # how matmuls and convolutions are computed (fgc.lowering.modules.PRECISIONS); the
+    # parameters, optimizer state, norms and losses stay float32 whatever it is
+    precision: str = "default"
 
 
 @dataclass(frozen=True)
@@ -341,7 +344,7 @@ def _check_optax_kwargs(c: Call, span, d: Diags) -> None:
 
 TRAIN_KEYS = ("dataset", "batch_size", "epochs", "seed", "optimizer", "schedule",
               "weight_decay", "algorithm", "flip", "eval_batch_size", "augment", "decay_on",
-              "views")
+              "views", "precision")
 DECAY_ON = ("weights", "all")
 AUGMENT_ARGS = {"byol": {"min_area": (int, float), "strength": (int, float), "blur": bool}}
 
@@ -397,6 +400,8 @@ def train_from(sec: S.Section | None, d: Diags) -> TrainConfig:
         w = _choice(st["decay_on"], DECAY_ON, "decay_on", d)
         if w is not None:
             kw["decay_on"] = w
+    if "precision" in st:
+        _precision_from(st["precision"], kw, d)
     if "schedule" in st:
         c = _call(st["schedule"], tuple(SCHEDULES), "schedule", d)
         if c is not None:
@@ -471,6 +476,20 @@ def _views_from(st: dict, kw: dict, d: Diags) -> None:
                 continue
             return
         kw["view_augment"] = c
+
+
+def _precision_from(v: S.Value, kw: dict, d: Diags) -> None:
+    """``precision = default | float32 | bfloat16``: how the train step's matmuls and
+    convolutions are computed (the names and what they do: fgc.lowering.modules)."""
+    from fgc.lowering.modules import PRECISIONS  # where they are implemented
+    w = _word(v)
+    if w in PRECISIONS:
+        kw["precision"] = w
+        return
+    d.add("E207", f"precision must be one of {', '.join(PRECISIONS)}", getattr(v, "span", None),
+          suggest(str(w), PRECISIONS) or "bfloat16: matmuls and convolutions on bfloat16 "
+          "operands with float32 sums; float32: full float32 products on every device; "
+          "default: the device's own (TF32 on recent NVIDIA GPUs)")
 
 
 def _is_view_policy(v: S.Value) -> bool:

@@ -30,6 +30,7 @@ Example:
 from __future__ import annotations
 
 import abc
+import dataclasses
 import math
 from typing import Callable
 
@@ -44,8 +45,8 @@ Shape = tuple[int, ...]
 
 __all__ = [
     "AbstractLayer", "BatchNorm", "BatchStats", "Buffer", "Conv", "Dense", "Feedback", "FrozenLayers",
-    "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "StatefulLayer", "TokenMix", "init_std", "is_buffer",
-    "make_layer", "register", "trainable",
+    "GroupLinear", "GroupNorm", "LAYERS", "LayerNorm", "PRECISIONS", "StatefulLayer", "TokenMix",
+    "init_std", "is_buffer", "make_layer", "register", "trainable", "with_precision",
 ]
 
 LAYERS: dict[str, type["AbstractLayer"]] = {}
@@ -117,6 +118,37 @@ def _lead(v: Array, like: Array) -> Array:
     """``v`` with leading unit axes up to ``like``'s rank: explicit broadcasting, so
     code stays correct under ``jax_numpy_rank_promotion = "raise"``."""
     return v.reshape((1,) * (like.ndim - v.ndim) + v.shape)
+
+
+# --- matmul precision ----------------------------------------------------------------------
+#
+# How the layers with a matmul or convolution (dense, group_linear, token_mix, conv) compute
+# it; the parameters stay in their own dtype (float32 masters) whatever the precision, and so
+# do norms, losses and the optimizer state. `train.precision` in a spec picks one
+# (fgc.front.config), `with_precision` sets it on a lowered network; `fgc verify` never does.
+PRECISIONS = ("default", "float32", "bfloat16")
+"""``default``: JAX's default for the device (full float32 on CPU, TF32 tensor cores on
+NVIDIA Ampere and later, bfloat16 passes on TPU); ``float32``: full float32 products on every
+device (``Precision.HIGHEST``); ``bfloat16``: operands and weights rounded to bfloat16,
+products accumulated and returned in the parameters' dtype (on CPU, where XLA lacks some
+bfloat16 dots, the same rounded operands multiplied in float32: the numbers, not the speed)."""
+
+
+def _operands(precision: str, *arrays: Array) -> tuple[tuple[Array, ...], dict]:
+    """The operands of a matmul or convolution under ``precision``, and the keyword
+    arguments (``precision=``, ``preferred_element_type=``) that make it so."""
+    if precision == "float32":
+        return arrays, {"precision": jax.lax.Precision.HIGHEST}
+    if precision == "bfloat16":
+        out = jnp.result_type(*arrays)  # accumulate in the parameters' dtype, not bfloat16
+        low = tuple(a.astype(jnp.bfloat16) for a in arrays)
+        if jax.default_backend() == "cpu":
+            # XLA:CPU runs no bf16 × bf16 → f32 dot for some shapes ("Unsupported element
+            # type for DotThunk"): the same products from the bf16-rounded operands, taken
+            # in f32 (exactly: two 8-bit significands multiply into f32's 24 bits).
+            return tuple(a.astype(out) for a in low), {"precision": jax.lax.Precision.HIGHEST}
+        return low, {"preferred_element_type": out}
+    return arrays, {}
 
 
 class AbstractLayer(eqx.Module):
@@ -195,6 +227,7 @@ class Dense(AbstractLayer):
 
     weight: Float[Array, "d_in d_out"]
     bias: Float[Array, " d_out"] | None
+    precision: str = eqx.field(static=True, default="default")  # one of PRECISIONS
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
@@ -208,7 +241,8 @@ class Dense(AbstractLayer):
             raise ValueError(f"dense weight must be [in, out], got {self.weight.shape}")
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
-        y = x @ self.weight
+        (x, w), kw = _operands(self.precision, x, self.weight)
+        y = jnp.matmul(x, w, **kw)
         return y if self.bias is None else y + _lead(self.bias, y)
 
 
@@ -218,6 +252,7 @@ class GroupLinear(AbstractLayer):
 
     weight: Float[Array, "groups g_in g_out"]
     bias: Float[Array, "groups g_out"] | None
+    precision: str = eqx.field(static=True, default="default")  # one of PRECISIONS
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
@@ -233,7 +268,8 @@ class GroupLinear(AbstractLayer):
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         g, g_in, g_out = self.weight.shape
         xg = x.reshape(*x.shape[:-1], g, g_in)
-        y = jnp.einsum("...gi,gio->...go", xg, self.weight)
+        (xg, w), kw = _operands(self.precision, xg, self.weight)
+        y = jnp.einsum("...gi,gio->...go", xg, w, **kw)
         if self.bias is not None:
             y = y + _lead(self.bias, y)
         return y.reshape(*x.shape[:-1], g * g_out)
@@ -246,6 +282,7 @@ class TokenMix(AbstractLayer):
 
     weight: Float[Array, "patches patches"]
     bias: Float[Array, " patches"] | None
+    precision: str = eqx.field(static=True, default="default")  # one of PRECISIONS
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
@@ -254,7 +291,8 @@ class TokenMix(AbstractLayer):
                    _bias(attrs, (p,), dtype))
 
     def __call__(self, x: Float[Array, "batch patches channels"]) -> Float[Array, "batch patches channels"]:
-        y = jnp.einsum("nqc,qp->npc", x, self.weight)
+        (x, w), kw = _operands(self.precision, x, self.weight)
+        y = jnp.einsum("nqc,qp->npc", x, w, **kw)
         return y if self.bias is None else y + _lead(self.bias[:, None], y)
 
 
@@ -266,6 +304,7 @@ class Conv(AbstractLayer):
     bias: Float[Array, " c_out"] | None
     stride: int = eqx.field(static=True)
     padding: str | int = eqx.field(static=True)
+    precision: str = eqx.field(static=True, default="default")  # one of PRECISIONS
 
     @classmethod
     def build(cls, kind, attrs, in_shapes, *, key, dtype):
@@ -283,9 +322,10 @@ class Conv(AbstractLayer):
         dtype = jnp.result_type(x, self.weight)  # lax.conv does not promote
         p = self.padding
         pad = [(p, p), (p, p)] if isinstance(p, int) else p.upper()
+        (x, w), kw = _operands(self.precision, x.astype(dtype), self.weight.astype(dtype))
         y = jax.lax.conv_general_dilated(
-            x.astype(dtype), self.weight.astype(dtype), (self.stride, self.stride), pad,
-            dimension_numbers=("NHWC", "HWIO", "NHWC"))
+            x, w, (self.stride, self.stride), pad, dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            **kw)
         return y if self.bias is None else y + _lead(self.bias, y)
 
 
@@ -399,3 +439,26 @@ class BatchNorm(_AbstractNorm, StatefulLayer):
         m = self.momentum
         return BatchStats((1 - m) * self.stats.mean + m * mean, (1 - m) * self.stats.var + m * var)
 
+
+# --- precision of a lowered network --------------------------------------------------------
+
+_MATMUL_LAYERS = (Dense, GroupLinear, TokenMix, Conv)
+
+
+def with_precision(tree: PyTree, precision: str) -> PyTree:
+    """``tree`` (a network, a layer, a dict of layers) with every dense, group-linear,
+    token-mixing and convolution layer computing at ``precision`` (:data:`PRECISIONS`);
+    the arrays are the same ones, only how the products are taken changes.
+
+    Example:
+        >>> layer = make_layer("dense", {"out": 4}, [(3,)], key=jax.random.key(0))
+        >>> with_precision(layer, "bfloat16")(jnp.ones((2, 3))).dtype
+        dtype('float32')
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+
+    def change(x):
+        return dataclasses.replace(x, precision=precision) if isinstance(x, _MATMUL_LAYERS) else x
+
+    return jax.tree_util.tree_map(change, tree, is_leaf=lambda x: isinstance(x, _MATMUL_LAYERS))

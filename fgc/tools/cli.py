@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from fgc.errors import FgError, plural
-from fgc.tools.common import add_aggregate_arguments
+from fgc.tools.common import add_aggregate_arguments, add_precision_argument
 
 
 def _cmd_check(args) -> int:
@@ -98,6 +98,7 @@ def _cmd_train(args) -> int:
                         data_dir=args.data_dir, resume=args.resume, epochs=args.epochs,
                         tangents=args.tangents, credit=args.credit,
                         aggregate=args.aggregate, chunk=args.chunk, batch_size=args.batch_size, seed=args.seed, steps=args.steps,
+                        precision=args.precision,
                         checkpoint_every=args.checkpoint_every,
                         eval_train=not args.no_train_error, on_epoch=board)
     except KeyboardInterrupt:
@@ -172,6 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "(unbiased) or ignore_norm (as Ren et al.'s released code; default: the "
                    "algorithm's)")
     add_aggregate_arguments(t)
+    add_precision_argument(t)
     t.add_argument("--resume", action="store_true", help="continue the run in --out (or "
                    "start it there if it has no checkpoint yet); a larger --epochs extends it")
     t.add_argument("--steps", type=_positive, help="stop once the run has made N optimizer "

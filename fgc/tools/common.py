@@ -81,3 +81,15 @@ def write_whole(path: Path, text: str, error: type[FgError]) -> None:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def add_precision_argument(parser) -> None:
+    """``--precision``: how the train step's matmuls and convolutions are computed
+    (``train.precision`` of a spec; fgc.lowering.modules.PRECISIONS)."""
+    from fgc.lowering.modules import PRECISIONS
+    parser.add_argument("--precision", choices=PRECISIONS,
+                        help="matmuls and convolutions: bfloat16 (bfloat16 operands, float32 "
+                        "sums; parameters, optimizer state, norms and losses stay float32), "
+                        "float32 (full float32 products on every device) or default (the "
+                        "device's own: TF32 on recent NVIDIA GPUs); default: the spec's "
+                        "train.precision, else default")

@@ -67,6 +67,9 @@ def run(args) -> int:
     if not 0 < args.alpha < 1:
         raise VerifyError(f"--alpha must be between 0 and 1, got {args.alpha}")
     prog = load(args.spec)
+    if prog.train.precision != "default":  # the checks need float64 round-off, not bfloat16's
+        print(f"fgc verify: {prog.path}: train.precision = {prog.train.precision} is not used "
+              "here; verify always runs in float64 at full precision", file=sys.stderr)
     reports = []
     for name in algorithms_to_check(prog, args.algorithm):
         plan = prog.plan(name)

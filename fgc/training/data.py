@@ -18,11 +18,12 @@ the file, what is wrong and how to fix it.
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import numpy as np
 
@@ -32,7 +33,8 @@ from fgc.training.cifar_zip import CIFAR10_CLASSES, READ_ERRORS, cifar_arrays, d
 from fgc.training.cifar_zip import SPLITS as _SPLITS
 
 __all__ = ["BUILTIN_DATASETS", "CIFAR10_CLASSES", "DATASET_STATS", "Dataset", "decode_cifar_zip",
-           "iterate_batches", "load_dataset", "normalize", "num_batches", "synthetic_dataset"]
+           "iterate_batches", "load_dataset", "normalize", "num_batches", "prefetch_to_device",
+           "synthetic_dataset"]
 
 DATASET_STATS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
     "mnist": ((0.1307,), (0.3081,)),
@@ -387,6 +389,42 @@ def iterate_batches(
             f = flips[b * batch_size : (b + 1) * batch_size]
             xb[f] = xb[f, :, ::-1]
         yield xb, y[idx]
+
+
+def prefetch_to_device(batches: Iterable[tuple[np.ndarray, np.ndarray]], size: int = 2,
+                       device=None) -> Iterator[tuple]:
+    """The batches of ``batches``, each already on the device, ``size - 1`` ahead of the one
+    the caller is using (double buffering for ``size = 2``).
+
+    A batch is assembled (the numpy indexing of :func:`iterate_batches`) and copied to the
+    device (``jax.device_put``, which returns at once) while the caller's step on the batch
+    before it runs: a plain ``jax.jit`` step (the run loop's
+    :class:`~fgc.training.flat_step.FlatStep`) is dispatched asynchronously, so host work
+    and the copy overlap it (``eqx.filter_jit`` waits for each call, so under it they do not). The batches and their order are those of ``batches``; the arrays keep their
+    dtype (uint8 images travel as uint8 and the network normalises them on the device).
+
+    Args:
+      batches: an iterator of ``(x, y)`` numpy batches.
+      size: batches on the device at once, at least 1 (1: no look-ahead).
+      device: where to put them (default: JAX's default device).
+    """
+    import collections
+
+    import jax
+    if size < 1:
+        raise ValueError(f"size must be at least 1, got {size}")
+    it = iter(batches)
+    ready: collections.deque = collections.deque()
+
+    def put_next() -> None:
+        for batch in itertools.islice(it, 1):
+            ready.append(jax.device_put(batch, device))
+
+    for _ in range(size):
+        put_next()
+    while ready:
+        yield ready.popleft()
+        put_next()  # while the caller's step on the batch just yielded runs
 
 
 def synthetic_dataset(

@@ -106,7 +106,8 @@ def identity(run, *, tangents: int | None, credit: str | None,
     cfg = run.train
     settings = {k: (str(v) if not isinstance(v, (int, float, str, bool, type(None))) else v)
                 for k, v in dataclasses.asdict(cfg).items() if k not in ("epochs", "eval_batch_size")}
-    for k in ("augment", "decay_on"):  # newer settings: at their default, runs from before match
+    # newer settings: at their default, runs from before they existed match
+    for k in ("augment", "decay_on", "precision"):
         if getattr(cfg, k) == getattr(type(cfg)(), k):
             settings.pop(k)
     # views name the run only when used, so runs from before they existed keep their identity
@@ -128,6 +129,11 @@ def _call_text(call) -> str:
     return f"{call.name}({args})" if args else call.name
 
 
+# settings `identity` leaves out at their default (so older runs keep their identity); a
+# checkpoint that has one set must not match a run that has it at its default
+_DROPPED_AT_DEFAULT = ("augment", "decay_on", "precision", "views", "view_augment")
+
+
 def compare(meta: dict[str, Any], ident: dict[str, Any], where: Path) -> None:
     """Raises :class:`~fgc.training.checkpoint.RunMismatch` when a checkpoint's run is
     not ``ident``."""
@@ -137,6 +143,8 @@ def compare(meta: dict[str, Any], ident: dict[str, Any], where: Path) -> None:
     changed = [f"{k}: {theirs.get(k)!r} → {v!r}" if k != "spec_sha" else
                "the spec (its canonical form differs, not only comments or layout)"
                for k, v in ident.items() if theirs.get(k) != v]
+    changed += [f"{k}: {theirs[k]!r} → the default" for k in _DROPPED_AT_DEFAULT
+                if k in theirs and k not in ident]
     if changed:
         raise checkpoint.RunMismatch(
             f"{where} belongs to a different run ({'; '.join(changed)}); resume with the same "

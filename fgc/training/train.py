@@ -5,7 +5,9 @@ transformation from a plan (``optax.partition`` over the parameter groups, each
 with its optimizer, learning-rate multiplier, schedule and weight decay on
 weights only), :func:`make_step` one jit-compiled step (the estimator of
 :mod:`fgc.learning.estimators` plus the optax update, buffers donated), and
-:func:`train` the whole run with metrics, checkpoints and resume.
+:func:`train` the whole run with metrics, checkpoints and resume (its loop calls the same
+step as a :class:`fgc.training.flat_step.FlatStep`, fed by
+:func:`fgc.training.data.prefetch_to_device`).
 
 Example:
     >>> import fgc
@@ -36,17 +38,20 @@ from jaxtyping import Array, PyTree
 
 from fgc.training import checkpoint, runs
 from fgc.front.config import Call, TrainConfig
-from fgc.training.data import Dataset, iterate_batches, load_dataset, num_batches
+from fgc.training.flat_step import FlatStep
+from fgc.training.data import (Dataset, iterate_batches, load_dataset, num_batches,
+                               prefetch_to_device)
 from fgc.training.views import make_views
 from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
 from fgc.learning.estimators import UpdateRule
 from fgc.lowering.lower import Network, count_params, lower, trainable
+from fgc.lowering.modules import with_precision
 
 if False:  # typing only
     from fgc.plan.program import Plan, Program
 
-__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step", "param_group_labels",
-           "prepare", "train"]
+__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step",
+           "param_group_labels", "prepare", "step_body", "train"]
 
 
 # --- optimizers ------------------------------------------------------------------------------
@@ -138,6 +143,17 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
     (:func:`fgc.training.views.make_views`) then makes the augmented views of the batch,
     from its own stream of the step's key.
     """
+    step = step_body(rule, tx, augment=augment, views=views)
+    if max_traces is not None:
+        step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
+    return eqx.filter_jit(step, donate="all")
+
+
+def step_body(rule: UpdateRule, tx: optax.GradientTransformation, *,
+              augment: Callable[[Array, Array], Array] | None = None,
+              views: Callable | None = None) -> Callable:
+    """The train step of :func:`make_step` before it is compiled, for other ways of
+    compiling it (:class:`fgc.training.flat_step.FlatStep`, which the run loop uses)."""
     def step(net: Network, opt_state, x: Array, labels: Array, key: Array):
         if augment is not None:  # a stream of its own: the estimator's draws stay as they were
             x = augment(x, jax.random.fold_in(key, AUGMENT_STREAM))
@@ -148,9 +164,7 @@ def make_step(rule: UpdateRule, tx: optax.GradientTransformation, *, max_traces:
         updates, opt_state = tx.update(est.grads, opt_state, params)
         return eqx.apply_updates(net, updates).with_state(est.state), opt_state, est.losses
 
-    if max_traces is not None:
-        step = eqx.debug.assert_max_traces(step, max_traces=max_traces)
-    return eqx.filter_jit(step, donate="all")
+    return step
 
 
 VIEWS_STREAM = 0x7615  # folded into the step's key for the augmentation's draws
@@ -253,6 +267,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
                         f"batch of {cfg.batch_size}; lower --batch-size")
     key = jax.random.key(cfg.seed)
     net = lower(plan, jax.random.fold_in(key, 0), stats=input_stats(prog, data))
+    if cfg.precision != "default":  # how products are taken; the parameters stay float32
+        net = with_precision(net, cfg.precision)
     rule = UpdateRule.build(plan, net)
     tx, schedules = make_optimizer(plan, cfg, steps)
     return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
@@ -412,12 +428,16 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
                                     "epoch": epochs_done, "step": global_step,
                                     "epochs": cfg.epochs, "sums": sums,
                                     "key": np.asarray(jax.random.key_data(run.key)).tolist()},
-                        (net, opt_state))
+                        step_fn.tree(arrays))
         clock.reset(global_step)
 
     from fgc.training.augment import make as make_augment
-    step_fn = make_step(run.rule, run.tx, max_traces=1, augment=make_augment(cfg.augment),
-                        views=make_views(cfg.views, cfg.view_augment))
+    # the loop holds the state as a flat list of arrays (FlatStep: no pytree work per step)
+    step_fn = FlatStep(step_body(run.rule, run.tx, augment=make_augment(cfg.augment),
+                                 views=make_views(cfg.views, cfg.view_augment)),
+                       net, opt_state, max_traces=1)
+    arrays = step_fn.arrays(net, opt_state)
+    del net, opt_state  # donated by the first step: only `arrays` is the state from here on
     show_bar = sys.stderr.isatty() if progress is None else progress
     algo = cfg.algorithm or "bp"
     if start < stop:
@@ -450,10 +470,12 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         batches = iterate_batches(data.x_train, data.y_train, cfg.batch_size, seed=cfg.seed,
                                   epoch=epoch, shuffle=True, drop_last=True, flip=cfg.flip)
         halted = False
-        for i, (xb, yb) in enumerate(itertools.islice(batches, skip, None), start=skip):
+        # the next batch is assembled and copied to the device while this one's step runs
+        on_device = prefetch_to_device(itertools.islice(batches, skip, None))
+        for i, (xb, yb) in enumerate(on_device, start=skip):
             ts = time.perf_counter()
             key = jax.random.fold_in(run.key, global_step + 1)
-            net, opt_state, losses = step_fn(net, opt_state, jnp.asarray(xb), jnp.asarray(yb), key)
+            arrays, losses = step_fn(arrays, xb, yb, key)
             global_step += 1
             pending.append((i, losses))
             if compile_seconds is None:
@@ -482,7 +504,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         if halted:
             log(f"stopped at step {global_step:,} (--steps {steps:,}); continue with --resume")
             break
-        jax.block_until_ready(net)
+        jax.block_until_ready(arrays)
+        net = step_fn.tree(arrays)[0]
         train_seconds = time.perf_counter() - t0
         timed_seconds = train_seconds - (compile_seconds if epoch == start // spe else 0.0)
         te = time.perf_counter()

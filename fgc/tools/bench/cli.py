@@ -8,7 +8,7 @@ from pathlib import Path
 from fgc.tools.bench.base import NAIVE_LIMIT_BYTES
 from fgc.tools.bench.measure import bench_spec
 from fgc.tools.bench.report import _check_writable, format_report, write_json
-from fgc.tools.common import int_at_least
+from fgc.tools.common import add_precision_argument, int_at_least
 
 
 def _names(text: str) -> list[str]:
@@ -31,6 +31,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--warmup", type=int_at_least(0), default=3,
                         help="untimed steps before them (default: 3)")
     parser.add_argument("--seed", type=int_at_least(0), default=0, help="seed (default: 0)")
+    add_precision_argument(parser)
     parser.add_argument("--json", metavar="FILE", default=None,
                         help="also write every measurement to FILE as JSON")
     parser.add_argument("--no-replicated", action="store_true",
@@ -61,7 +62,8 @@ def run(args) -> int:
                         log=lambda line: print(f"fgc bench: {line}", file=sys.stderr,
                                                flush=True),
                         profile_dir=getattr(args, "profile", None),
-                        profile_steps=getattr(args, "profile_steps", 3))
+                        profile_steps=getattr(args, "profile_steps", 3),
+                        precision=getattr(args, "precision", None))
     print(format_report(result))
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

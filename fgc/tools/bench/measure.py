@@ -94,7 +94,8 @@ def _synthetic(prog, batch_size: int, seed: int):
 
 def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup: int,
                      seed: int, device, profile_dir: Path | None = None,
-                     profile_steps: int = 3) -> tuple[dict[str, Any], Any]:
+                     profile_steps: int = 3, precision: str | None = None
+                     ) -> tuple[dict[str, Any], Any]:
     """Measures one algorithm's train step; returns the row and the sizes of the
     network's replicated losses (read before the step donates the network's buffers)."""
     import jax
@@ -103,7 +104,8 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
     from fgc.training.train import make_step, prepare
 
     t0 = time.perf_counter()
-    run = prepare(prog, algorithm=name, dataset=data, batch_size=batch_size, seed=seed)
+    run = prepare(prog, algorithm=name, dataset=data, batch_size=batch_size, seed=seed,
+                  precision=precision)
     step = make_step(run.rule, run.tx)
     net, opt_state = run.init_state()
     build_seconds = time.perf_counter() - t0
@@ -192,7 +194,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
                naive_limit_bytes: int = NAIVE_LIMIT_BYTES,
                log: Callable[[str], None] | None = None,
                profile_dir: str | os.PathLike | None = None,
-               profile_steps: int = 3) -> dict[str, Any]:
+               profile_steps: int = 3, precision: str | None = None) -> dict[str, Any]:
     """Measures a spec's train step under several algorithms, side by side in one process.
 
     Args:
@@ -212,6 +214,8 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
         ``jax.profiler`` into ``profile_dir/ALGORITHM/`` (:mod:`fgc.tools.bench.profile`);
         each row then has ``profile`` (the trace's path and where the steps went). The
         traced steps are not among the timed ones.
+      precision: how the step's matmuls and convolutions are computed
+        (:data:`fgc.lowering.modules.PRECISIONS`; default: the spec's ``train.precision``).
 
     Returns:
       A JSON-ready dict: ``spec``, ``spec_name``, ``device`` (kind, platform, count),
@@ -247,7 +251,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
     for i, name in enumerate(names):
         log(f"[{i + 1}/{len(names)}] {name}: compiling and timing {steps} steps")
         row, configs = _bench_algorithm(prog, name, data, batch_size, steps, warmup, seed,
-                                        device, profile_dir, profile_steps)
+                                        device, profile_dir, profile_steps, precision)
         rows.append(row)
     _ratios(rows)
 
@@ -264,6 +268,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
         "steps": steps,
         "warmup": warmup,
         "seed": seed,
+        "precision": precision or prog.train.precision,
         "data": "synthetic",
         "algorithms": rows,
         "skipped": skipped,

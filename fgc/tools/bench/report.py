@@ -33,7 +33,8 @@ def format_report(result: dict[str, Any]) -> str:
     title = result.get("spec_name")
     lines = [f"fgc bench: {title + ' · ' if title else ''}{result['spec']} · batch "
              f"{result['batch_size']} · median of {result['steps']} steps after "
-             f"{result['warmup']} warm-up · {d['kind']} ({d['platform']}"
+             f"{result['warmup']} warm-up · precision {result.get('precision', 'default')} · "
+             f"{d['kind']} ({d['platform']}"
              f"{', ' + str(d['host_cpus']) + ' host CPUs' if d['platform'] == 'cpu' else ''})"
              f" · jax {result['jax']}"]
     rows = result["algorithms"]
