@@ -21,7 +21,7 @@ from specs import lean_mixer
 
 SPEC = lean_mixer("tiny diagnose")
 
-TANGENTS = (1, 16)
+TANGENTS = (1, 8)
 
 
 def parser() -> argparse.ArgumentParser:
