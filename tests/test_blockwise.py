@@ -118,22 +118,28 @@ def _estimates(text, algorithm, dtype, key=5, **estimator):
 
 
 def _assert_same(a, b, rtol):
+    """Every leaf equal to ``rtol`` relative to the estimate's largest entry: float sums
+    may round differently when XLA fuses a piece on its own, and a gradient that is zero
+    in exact arithmetic (a bias before a norm) is then a different round-off residue."""
     la, ta = jax.tree_util.tree_flatten_with_path(a)
     lb, tb = jax.tree_util.tree_flatten_with_path(b)
     assert ta == tb
+    scale = max(float(np.max(np.abs(np.asarray(v)))) for _, v in lb if np.size(v))
     for (path, u), (_, v) in zip(la, lb):
-        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=rtol, atol=0,
+        np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=0, atol=rtol * scale,
                                    err_msg=jax.tree_util.keystr(path))
 
 
 @pytest.mark.parametrize("algorithm", GREEDY)
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_blockwise_equals_whole_network(algorithm, dtype):
-    """Same key, same noise, same arithmetic: gradients and losses as on the whole network
-    (float32 to 1e-6 relative, float64 exactly)."""
+    """Same key, same noise, same arithmetic: gradients and losses as on the whole network,
+    to round-off (float32 1e-6, float64 1e-13 of each array's largest entry). Most arrays
+    come out bit for bit; where XLA fuses a piece on its own differently, a sum may
+    round differently (LG-FG-A's readout head: 2e-16 relative in float64)."""
     with jax.enable_x64(dtype == "float64"):
         on, off = _estimates(MIXER, algorithm, jnp.dtype(dtype))
-        _assert_same(on, off, 1e-6 if dtype == "float32" else 0.0)
+        _assert_same(on, off, 1e-6 if dtype == "float32" else 1e-13)
         assert any(np.any(np.asarray(g)) for g in jax.tree_util.tree_leaves(on.grads))
 
 
@@ -144,7 +150,7 @@ def test_blockwise_equals_whole_network_over_chunked_tangents(algorithm):
     with jax.enable_x64(True):
         on, off = _estimates(MIXER, algorithm, jnp.float64, tangents=3, chunk=2,
                              aggregate="orthogonal")
-        _assert_same(on, off, 1e-12)
+        _assert_same(on, off, 1e-13)
 
 
 @pytest.mark.parametrize("algorithm", GREEDY)
@@ -153,7 +159,7 @@ def test_blockwise_batch_norm_state(algorithm):
     with jax.enable_x64(True):
         on, off = _estimates(BATCHNORM, algorithm, jnp.float64)
         assert len(on.state) == 3
-        _assert_same(on, off, 0.0)
+        _assert_same(on, off, 1e-13)
 
 
 def test_network_runs_one_piece_from_given_values():

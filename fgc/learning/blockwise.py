@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from fgc.learning.estimators import PassRule
     from fgc.plan.pieces import Piece
 
-__all__ = ["own_params", "run_pieces"]
+__all__ = ["hold", "own_params", "run_pieces"]
 
 
 def _node(path) -> str:
@@ -50,31 +50,60 @@ def own_params(params: PyTree, piece: Piece | None) -> tuple[PyTree, PyTree | No
         lambda path, _: _node(path) in nodes, params))
 
 
-def _after(grads: dict[str, Array], boundary: dict[str, Array], key: PRNGKeyArray):
-    """``boundary`` and ``key`` unchanged, but computed from every gradient in ``grads``,
-    so that nothing reading them (the next piece's forward, its noise) can start before
-    this piece's backward is done.
+def _not_folded_zero(tree) -> Array:
+    """A float32 zero XLA cannot fold away: ``0 · Σ tree`` (NaN when ``tree`` holds one)."""
+    import jax.numpy as jnp
+    return sum(jnp.sum(a.astype(jnp.float32)) for a in jax.tree_util.tree_leaves(tree)) \
+        * jnp.float32(0)
 
-    XLA:CPU drops ``optimization_barrier`` before it schedules (its expander pass turns the
-    barrier into nothing, and CSE then merges every piece's key split into one, drawing
-    all the noise up front), so the order is also made a data dependency: ``zero`` is
-    ``0 · Σ gradients``, which XLA cannot fold (it is NaN when a gradient is), added to
-    the values and, as ``zero != 0``, to the key's bits. With finite gradients both
-    additions are exact no-ops.
+
+def hold(values: dict[str, Array], zero: Array | None = None) -> dict[str, Array]:
+    """``values`` unchanged, but stored: passed through a ``while_loop`` that runs
+    ``zero != 0`` times (``zero`` defaults to :func:`_not_folded_zero` of the values).
+
+    XLA fuses cheap elementwise work into every reader, so a value read in two places is
+    often recomputed in both from what it was computed from, and those inputs stay alive
+    instead of it (the noise's sampler intermediates, a piece's outputs re-derived inside
+    the next piece from the previous one's matrix products). No fusion crosses a loop,
+    and XLA cannot fold one whose trip count depends on a float that may be NaN. With
+    finite values it runs zero times; its body adds that zero anyway, so the values come
+    out bit for bit as they went in.
     """
     import jax.numpy as jnp
 
-    leaves = jax.tree_util.tree_leaves(grads)
-    if not leaves:
+    if not values:
+        return values
+    zero = _not_folded_zero(values) if zero is None else zero
+    trips = (zero != 0).astype(jnp.int32)
+
+    def body(carry):
+        i, vals = carry
+        return i + 1, {n: v + zero.astype(v.dtype) for n, v in vals.items()}
+
+    return jax.lax.while_loop(lambda c: c[0] < trips, body, (jnp.int32(0), values))[1]
+
+
+def _after(grads: dict[str, Array], boundary: dict[str, Array], key: PRNGKeyArray):
+    """``boundary`` and ``key`` unchanged, but made to depend on every gradient in
+    ``grads``, so that nothing reading them (the next piece's forward, its noise) can start
+    before this piece's backward is done, and the values handed on are stored (:func:`hold`).
+
+    XLA:CPU drops ``optimization_barrier`` before it schedules (its expander pass turns the
+    barrier into nothing; CSE then merges every piece's key split into one and all the
+    noise is drawn up front), so the order is made a data dependency as well: the loop's
+    trip count comes from ``0 · Σ gradients``, and the key's bits go through it too.
+    """
+    import jax.numpy as jnp
+
+    if not jax.tree_util.tree_leaves(grads):
         return boundary, key
-    zero = sum(jnp.sum(g.astype(jnp.float32)) for g in leaves) * jnp.float32(0)
-    boundary = {n: v + zero.astype(v.dtype) for n, v in boundary.items()}
-    if not jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a raw uint32 key
-        return boundary, key + (zero != 0).astype(key.dtype)
-    data = jax.random.key_data(key)
-    key = jax.random.wrap_key_data(data + (zero != 0).astype(data.dtype),
-                                   impl=jax.random.key_impl(key))
-    return boundary, key
+    typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+    bits = jax.random.key_data(key) if typed else key
+    zero = _not_folded_zero(grads)
+    out = hold({**boundary, "<key>": bits}, zero)
+    bits = out.pop("<key>")
+    key = jax.random.wrap_key_data(bits, impl=jax.random.key_impl(key)) if typed else bits
+    return out, key
 
 
 def run_pieces(passes: tuple[PassRule, ...], pieces: tuple[Piece, ...], params: PyTree,

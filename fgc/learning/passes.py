@@ -14,7 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fgc.learning.aggregate import aggregation
-from fgc.learning.blockwise import own_params
+from fgc.learning.blockwise import hold, own_params
 from fgc.learning.estimators import (PassResult, PassRule, node_of, objective, register,
                                      sample_noise)
 from fgc.learning.tangents import (join, over_tangents, over_tangents_chunked, prepare_site,
@@ -254,7 +254,14 @@ class ActivityPerturbation(PassRule):
              for k, s in chosen}
         if agg.shapes_noise:  # e.g. orthogonal: the directions of each credit partition
             z = {s.site: prepare_site(agg, z[s.site], s.shape, s.credits) for s in sites}
-        zeros = {s.site: jnp.zeros((batch, *s.shape), dtype) for s in sites}
+        if piece is None:
+            zeros = {s.site: jnp.zeros((batch, *s.shape), dtype) for s in sites}
+        else:
+            # One piece of several: its noise stored once (not re-derived by every reader
+            # from the sampler's intermediates), and a zero primal of its own, where XLA
+            # would share one constant zeros buffer across every piece, alive throughout.
+            z = hold(z)
+            zeros = {site: 0 * t[0] for site, t in z.items()}
         masks_of = {s.site: s.mask for s in sites if s.mask}
         net = eqx.combine(params, static)
         own, rest = own_params(params, piece)
