@@ -40,7 +40,7 @@ loss local = aux on blocks
 loss final = readout on output
 """
 
-GREEDY = ["lg-fg-a", "lg-fg-w", "lg-bp"]
+GREEDY = ["lg-fg-a", "lg-fg-w", "lg-bp", "lg-fa"]
 
 
 def _check_partition(plan):
