@@ -7,18 +7,21 @@ and its local backward give its parameters' gradients and the values it hands on
 nothing of it is needed afterwards. :func:`run_pieces` runs every update-rule pass on
 piece 0, then on piece 1 from piece 0's outputs, and so on.
 
-Why a barrier: XLA schedules one program; left alone it may start piece ``k + 1``'s
+Why a fence: XLA schedules one program; left alone it may start piece ``k + 1``'s
 forward (or draw its noise) while piece ``k``'s values still wait for its backward, and
 then both pieces' buffers are alive at once. ``jax.lax.optimization_barrier`` over piece
-``k``'s outputs, gradients, losses, state *and the step's key* makes everything of piece
-``k + 1`` (whose inputs come out of the barrier, its noise included) wait until piece
-``k`` is done, so the peak is about one piece's working set plus what every step holds
+``k``'s outputs, gradients, losses, state and the step's key says so, but XLA:CPU removes
+barriers before it schedules; so piece ``k + 1``'s inputs and key also pass through a loop
+whose trip count depends on piece ``k``'s gradients (:func:`hold`, zero trips: the values
+are unchanged). Everything of piece ``k + 1``, its noise included, then waits until piece
+``k`` is done, and the peak is about one piece's working set plus what every step holds
 (parameters, optimizer state, gradients, the batch).
 
 Same estimate: every pass draws its noise from the same keys as on the whole network
 (its key split over *all* its sites or weight leaves; a piece takes its own share), and
 computes the same arithmetic on the same values, so the estimate equals the
-whole-network one for the same key (``tests/test_blockwise.py``).
+whole-network one for the same key, to float round-off (XLA may fuse a piece on its own
+differently and sum in another order; ``tests/test_blockwise.py``).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from typing import TYPE_CHECKING
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 if TYPE_CHECKING:
@@ -52,7 +56,6 @@ def own_params(params: PyTree, piece: Piece | None) -> tuple[PyTree, PyTree | No
 
 def _not_folded_zero(tree) -> Array:
     """A float32 zero XLA cannot fold away: ``0 · Σ tree`` (NaN when ``tree`` holds one)."""
-    import jax.numpy as jnp
     return sum(jnp.sum(a.astype(jnp.float32)) for a in jax.tree_util.tree_leaves(tree)) \
         * jnp.float32(0)
 
@@ -69,8 +72,6 @@ def hold(values: dict[str, Array], zero: Array | None = None) -> dict[str, Array
     finite values it runs zero times; its body adds that zero anyway, so the values come
     out bit for bit as they went in.
     """
-    import jax.numpy as jnp
-
     if not values:
         return values
     zero = _not_folded_zero(values) if zero is None else zero
@@ -93,8 +94,6 @@ def _after(grads: dict[str, Array], boundary: dict[str, Array], key: PRNGKeyArra
     noise is drawn up front), so the order is made a data dependency as well: the loop's
     trip count comes from ``0 · Σ gradients``, and the key's bits go through it too.
     """
-    import jax.numpy as jnp
-
     if not jax.tree_util.tree_leaves(grads):
         return boundary, key
     typed = jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
