@@ -124,7 +124,7 @@ class WeightPerturbation(PassRule):
                  for p, _ in jax.tree_util.tree_flatten_with_path(everyone)[0]]
         keys = jax.random.split(key, max(len(paths), 1))
         key_of = dict(zip(paths, keys))
-        mine, rest = own_params(params, piece)
+        mine, others = own_params(params, piece)
         is_fwd = jax.tree_util.tree_map_with_path(lambda path, _: node_of(path) in owned, mine)
         pf, po = eqx.partition(mine, is_fwd)
         est = self.estimator
@@ -143,7 +143,7 @@ class WeightPerturbation(PassRule):
         first, rest = split_chunks(v, est.chunk) if perturbed else (v, None)
 
         def run(pf_, po_):
-            out = _combine(eqx.combine(pf_, po_), rest, static).forward(
+            out = _combine(eqx.combine(pf_, po_), others, static).forward(
                 x, labels, piece=piece, given=given)
             return out.losses, (out.losses, out.state, out.boundary)
 
