@@ -13,13 +13,14 @@ from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, Lowerin
 from fgc.graph.ir import EdgeData, Graph, LossInfo, NodeData
 from fgc.graph.loss_kinds import LOSS_KINDS, LossKind, register_loss_kind
 from fgc.front.parse import parse, parse_file
+from fgc.plan.pieces import Piece
 from fgc.plan.program import Plan, Program, load, loads
 from fgc.plan.guesses import Unit as ProjectionUnit
 
 __all__ = [
     "LOSS_KINDS", "LossKind", "register_loss_kind",
     "Algorithm", "CheckpointError", "DataError", "Diagnostic", "EdgeData", "Estimator",
-    "FgError", "Graph", "LossInfo", "LoweringError", "NodeData", "ParamGroup", "Plan", "Program",
+    "FgError", "Graph", "LossInfo", "LoweringError", "NodeData", "ParamGroup", "Piece", "Plan", "Program",
     "ProjectionUnit",
     "Span", "SpecError", "TrainConfig", "TrainingError", "load", "loads", "parse", "parse_file",
     "presets",

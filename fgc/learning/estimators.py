@@ -36,7 +36,7 @@ Example:
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import equinox as eqx
@@ -125,6 +125,7 @@ class PassResult:
     grads: PyTree[Array]
     losses: dict[str, Array]
     state: dict
+    boundary: dict = field(default_factory=dict)  # one piece's outputs for later pieces
 
 
 # --- the protocol and the registry --------------------------------------------------------------
@@ -144,6 +145,10 @@ class PassRule(abc.ABC):
 
     name: ClassVar[str]
     needs: ClassVar[tuple[str, ...]] = ()  # what it reads from the forward pass, for docs
+    # Whether ``run`` takes ``piece=`` and ``given=`` (fgc.learning.blockwise): the pass
+    # on one piece only, from the values earlier pieces handed on, returning that
+    # piece's gradients, losses, state and ``boundary``.
+    piecewise: ClassVar[bool] = False
 
     estimator: Estimator
     nodes: frozenset[str]
@@ -217,18 +222,26 @@ class UpdateRule:
       passes: the differentiation passes, each providing some nodes' gradients.
       shared: head parameter node → replicas sharing it (gradient divided by it).
       estimator_of: parameter node → its estimator.
+      pieces: how many pieces a step runs one after another (1: the whole network at
+        once; :mod:`fgc.learning.blockwise`).
     """
 
     passes: tuple[PassRule, ...]
     shared: tuple[tuple[str, int], ...]
     estimator_of: tuple[tuple[str, Estimator], ...]
+    pieces: int = 1
 
     @staticmethod
-    def build(plan: Plan, net: Network | None = None) -> UpdateRule:
+    def build(plan: Plan, net: Network | None = None, *, blockwise: bool = True) -> UpdateRule:
         """The passes of ``plan``: one per distinct estimator, in group order; nodes
         wanting exact gradients go to the first pass that gives them as a by-product,
         and the rest to one backprop pass. (``net`` is accepted for compatibility;
-        everything comes from the plan.)"""
+        everything comes from the plan.)
+
+        ``blockwise``: run the plan's pieces (:attr:`fgc.plan.program.Plan.pieces`) one
+        after another when it has several and every pass can (the estimate is the
+        same; the peak memory is about one piece's); False runs the whole network at
+        once."""
         g = plan.graph
         est = {}
         for nid, group in plan.assignment.items():
@@ -247,21 +260,37 @@ class UpdateRule:
         if wanting or not passes:
             passes.append(_rule_class(EXACT).build(plan, EXACT, wanting))
         shared = tuple(sorted(plan.credit_map().shared.items()))
-        return UpdateRule(tuple(passes), shared, tuple(sorted(est.items())))
+        pieces = len(plan.pieces) if blockwise and all(p.piecewise for p in passes) else 1
+        return UpdateRule(tuple(passes), shared, tuple(sorted(est.items())), max(pieces, 1))
 
     def describe(self) -> list[str]:
-        """One line per pass, for logs and ``fgc train``'s header."""
-        return [p.describe() for p in self.passes]
+        """One line per pass, for logs and ``fgc train``'s header, and how a step runs
+        them when it runs pieces one after another."""
+        lines = [p.describe() for p in self.passes]
+        if self.pieces > 1:
+            lines.append(f"block-wise: {self.pieces} pieces, one after another")
+        return lines
 
     def estimate(self, net: Network, x: Array, labels: Array, key: PRNGKeyArray) -> Estimate:
         """The update direction for one batch (pure; call it under ``jit``)."""
         params, static = eqx.partition(net, trainable(net))
+        if self.pieces > 1:
+            if len(net.pieces) != self.pieces:
+                raise ValueError(f"the update rule runs {self.pieces} pieces, but the network "
+                                 f"was lowered with {len(net.pieces)}: lower it from the same plan")
+            from fgc.learning.blockwise import run_pieces
+            grads, losses, state = run_pieces(self.passes, net.pieces, params, static, x,
+                                              labels, key)
+            return self._finish(grads, losses, state)
         grads, losses, state = None, None, None
         for i, p in enumerate(self.passes):
             out = p.run(params, static, x, labels, jax.random.fold_in(key, i))
             if losses is None:
                 losses, state = out.losses, out.state
             grads = out.grads if grads is None else take(grads, out.grads, p.nodes)
+        return self._finish(grads, losses, state)
+
+    def _finish(self, grads, losses, state) -> Estimate:
         shared = dict(self.shared)
         grads = jax.tree_util.tree_map_with_path(
             lambda path, gr: gr / shared[node_of(path)] if node_of(path) in shared else gr, grads)

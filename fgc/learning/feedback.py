@@ -29,6 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from fgc.learning.blockwise import own_params
 from fgc.learning.estimators import PassResult, PassRule, objective, register
 from fgc.lowering.replicated import xent
 from fgc.plan.feedback import DFA, FA
@@ -69,6 +70,7 @@ class FeedbackAlignment(PassRule):
     """jax.grad of the objective with every FA layer's backward through its ``B``."""
 
     needs = ("the network's feedback matrices",)
+    piecewise = True
     layers: frozenset[str] = frozenset()
 
     @classmethod
@@ -80,8 +82,9 @@ class FeedbackAlignment(PassRule):
         # Heads sit past every FA layer: the reverse pass gives them their exact gradient.
         return _heads(plan, candidates)
 
-    def run(self, params, static, x, labels, key):
+    def run(self, params, static, x, labels, key, piece=None, given=None):
         fb = {n: static.feedback[n].matrix for n in self.layers}
+        own, rest = own_params(params, piece)
 
         def intercept(step, apply, args):
             if step.id in fb:
@@ -89,11 +92,12 @@ class FeedbackAlignment(PassRule):
             return apply(*args)
 
         def f(p):
-            out = eqx.combine(p, static).forward(x, labels, intercept=intercept)
-            return objective(out.losses), (out.losses, out.state)
+            net = eqx.combine(p, static) if rest is None else eqx.combine(p, rest, static)
+            out = net.forward(x, labels, intercept=intercept, piece=piece, given=given)
+            return objective(out.losses), (out.losses, out.state, out.boundary)
 
-        grads, (losses, state) = jax.grad(f, has_aux=True)(params)
-        return PassResult(grads, losses, state)
+        grads, (losses, state, boundary) = jax.grad(f, has_aux=True)(own)
+        return PassResult(grads, losses, state, boundary)
 
     def describe(self):
         return f"feedback alignment: {len(self.nodes)} parameter nodes, " \

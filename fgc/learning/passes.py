@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from fgc.learning.aggregate import aggregation
+from fgc.learning.blockwise import hold, own_params
 from fgc.learning.estimators import (PassResult, PassRule, node_of, objective, register,
                                      sample_noise)
 from fgc.learning.tangents import (join, over_tangents, over_tangents_chunked, prepare_site,
@@ -26,20 +27,29 @@ from fgc.plan.credit import Credit, unit_credit, weight_credit
 class Backprop(PassRule):
     """Exact gradients: ``jax.grad`` of the objective through the plan's stop edges."""
 
+    piecewise = True
+
     @classmethod
     def build(cls, plan, estimator, nodes):
         return cls(estimator, nodes)
 
-    def run(self, params, static, x, labels, key):
-        def f(p):
-            out = eqx.combine(p, static).forward(x, labels)
-            return objective(out.losses), (out.losses, out.state)
+    def run(self, params, static, x, labels, key, piece=None, given=None):
+        own, rest = own_params(params, piece)
 
-        grads, (losses, state) = jax.grad(f, has_aux=True)(params)
-        return PassResult(grads, losses, state)
+        def f(p):
+            out = _combine(p, rest, static).forward(x, labels, piece=piece, given=given)
+            return objective(out.losses), (out.losses, out.state, out.boundary)
+
+        grads, (losses, state, boundary) = jax.grad(f, has_aux=True)(own)
+        return PassResult(grads, losses, state, boundary)
 
     def describe(self):
         return f"backprop: {len(self.nodes)} parameter nodes"
+
+
+def _combine(own, rest, static):
+    """The network from a piece's own parameters, the others' and the static part."""
+    return eqx.combine(own, static) if rest is None else eqx.combine(own, rest, static)
 
 
 def _forward_words(est) -> str:
@@ -85,6 +95,7 @@ class WeightPerturbation(PassRule):
     loss replica inside a reverse pass over every other parameter; ``ĝ = credit(d)·v``."""
 
     needs = ("losses per replica",)
+    piecewise = True
     slices: tuple[WeightSlice, ...] = ()
 
     @classmethod
@@ -103,42 +114,56 @@ class WeightPerturbation(PassRule):
         # other parameter's exact gradient comes at no extra forward.
         return candidates
 
-    def run(self, params, static, x, labels, key):
+    def run(self, params, static, x, labels, key, piece=None, given=None):
         owned = {r.node for r in self.slices}
-        is_fwd = jax.tree_util.tree_map_with_path(lambda path, _: node_of(path) in owned, params)
-        pf, po = eqx.partition(params, is_fwd)
+        # Every weight leaf's key is its index among all the rule's leaves, so a piece
+        # draws the same tangents for its weights as the whole network does.
+        everyone = eqx.filter(params, jax.tree_util.tree_map_with_path(
+            lambda path, _: node_of(path) in owned, params))
+        paths = [jax.tree_util.keystr(p)
+                 for p, _ in jax.tree_util.tree_flatten_with_path(everyone)[0]]
+        keys = jax.random.split(key, max(len(paths), 1))
+        key_of = dict(zip(paths, keys))
+        mine, others = own_params(params, piece)
+        is_fwd = jax.tree_util.tree_map_with_path(lambda path, _: node_of(path) in owned, mine)
+        pf, po = eqx.partition(mine, is_fwd)
         est = self.estimator
         agg = aggregation(est.aggregate)
         k_tan = est.tangents
-        leaves, treedef = jax.tree_util.tree_flatten(pf)
-        keys = jax.random.split(key, max(len(leaves), 1))
-        v = jax.tree_util.tree_unflatten(treedef, [
-            sample_noise(est.noise, k, (k_tan, *a.shape), a.dtype) for k, a in zip(keys, leaves)])
+        v = jax.tree_util.tree_map_with_path(
+            lambda path, a: sample_noise(est.noise, key_of[jax.tree_util.keystr(path)],
+                                         (k_tan, *a.shape), a.dtype), pf)
         rules = {r.node: r for r in self.slices}
         if agg.shapes_noise:  # e.g. orthogonal: the directions of each credit slice
             v = jax.tree_util.tree_map_with_path(
                 lambda path, t: prepare_weight(agg, t, rules[node_of(path)].kind,
                                                rules[node_of(path)].credits,
                                                rules[node_of(path)].out_units), v)
-        first, rest = split_chunks(v, est.chunk)
+        perturbed = bool(jax.tree_util.tree_leaves(v))  # a piece of heads alone has none
+        first, rest = split_chunks(v, est.chunk) if perturbed else (v, None)
 
         def run(pf_, po_):
-            out = eqx.combine(pf_, po_, static).forward(x, labels)
-            return out.losses, (out.losses, out.state)
+            out = _combine(eqx.combine(pf_, po_), others, static).forward(
+                x, labels, piece=piece, given=given)
+            return out.losses, (out.losses, out.state, out.boundary)
 
         # One reverse pass around the jvp gives every other parameter (heads, backprop
         # groups) its exact gradient from the same forward; the fused replicated loss
         # differentiates its primal output with the replicas' masks there too
         # (fgc.lowering.replicated._fused_jvp).
         def f(po_):
+            if not perturbed:
+                _, (losses, state, boundary) = run(pf, po_)
+                return objective(losses), ({}, losses, state, boundary)
+
             def one(t):
                 _, dl, aux = jax.jvp(lambda p: run(p, po_), (pf,), (t,), has_aux=True)
                 return dl, aux
 
-            dls, (losses, state) = over_tangents(one, first)
-            return objective(losses), (dls, losses, state)
+            dls, (losses, state, boundary) = over_tangents(one, first)
+            return objective(losses), (dls, losses, state, boundary)
 
-        _, pull, (dls, losses, state) = jax.vjp(f, po, has_aux=True)
+        _, pull, (dls, losses, state, boundary) = jax.vjp(f, po, has_aux=True)
         (g_other,) = pull(jnp.ones((), jnp.result_type(float)))
         if rest is not None:
             # Further chunks need only their directional derivatives: plain jvps, outside
@@ -159,7 +184,7 @@ class WeightPerturbation(PassRule):
             return agg.combine(_expand_units(c, tangent.shape[1:], r.kind) * tangent)
 
         g_fwd = jax.tree_util.tree_map_with_path(estimate, v)
-        return PassResult(eqx.combine(g_fwd, g_other), losses, state)
+        return PassResult(eqx.combine(g_fwd, g_other), losses, state, boundary)
 
     def describe(self):
         return f"weight perturbation: {len(self.nodes)} parameter nodes" + \
@@ -199,6 +224,7 @@ class ActivityPerturbation(PassRule):
     layer's local backward from its site's credited estimate."""
 
     needs = ("every node's value", "site inputs", "losses per replica")
+    piecewise = True
     sites: tuple[Site, ...] = ()
 
     @classmethod
@@ -214,32 +240,49 @@ class ActivityPerturbation(PassRule):
         # their exact gradient from it.
         return frozenset(n for n in candidates if plan.graph.node(n).role == "head")
 
-    def run(self, params, static, x, labels, key):
+    def run(self, params, static, x, labels, key, piece=None, given=None):
         est = self.estimator
         agg = aggregation(est.aggregate)
         k_tan, batch = est.tangents, x.shape[0]
+        # Site i draws from the i-th of all the rule's keys, in a piece as in the whole.
         keys = jax.random.split(key, max(len(self.sites), 1))
+        chosen = [(k, s) for k, s in zip(keys, self.sites)
+                  if piece is None or s.site in piece.nodes]
+        sites = tuple(s for _, s in chosen)
         dtype = jnp.result_type(float)
         z = {s.site: sample_noise(est.noise, k, (k_tan, batch, *s.shape), dtype)
-             for k, s in zip(keys, self.sites)}
+             for k, s in chosen}
         if agg.shapes_noise:  # e.g. orthogonal: the directions of each credit partition
-            z = {s.site: prepare_site(agg, z[s.site], s.shape, s.credits) for s in self.sites}
-        zeros = {s.site: jnp.zeros((batch, *s.shape), dtype) for s in self.sites}
-        masks_of = {s.site: s.mask for s in self.sites if s.mask}
+            z = {s.site: prepare_site(agg, z[s.site], s.shape, s.credits) for s in sites}
+        if piece is None:
+            zeros = {s.site: jnp.zeros((batch, *s.shape), dtype) for s in sites}
+        else:
+            # One piece of several: its noise stored once (not re-derived by every reader
+            # from the sampler's intermediates), and a zero primal of its own, where XLA
+            # would share one constant zeros buffer across every piece, alive throughout.
+            z = hold(z)
+            zeros = {site: 0 * t[0] for site, t in z.items()}
+        masks_of = {s.site: s.mask for s in sites if s.mask}
         net = eqx.combine(params, static)
+        own, rest = own_params(params, piece)
 
         def run(noise):
-            out = net.forward(x, labels, noise=noise, keep_values=True)
+            out = net.forward(x, labels, noise=noise, keep_values=True, piece=piece, given=given)
             masks = {s: out.values[m] > 0 for s, m in masks_of.items()}
-            return out.losses, (out.losses, masks, out.values, out.state)
+            return out.losses, (out.losses, masks, out.values, out.state, out.boundary)
 
         def one(t):
             _, dl, aux = jax.jvp(run, (zeros,), (t,), has_aux=True)
             return dl, aux
 
-        # The forward pass with every site's tangent: d[k] for each loss replica.
-        dls, (losses, masks, values, state) = over_tangents_chunked(one, z, est.chunk)
-        cut = {s.site for s in self.sites}
+        # The forward pass with every site's tangent: d[k] for each loss replica. (A piece
+        # without sites, such as a readout head on its own, has no tangents to carry.)
+        if z:
+            dls, (losses, masks, values, state, boundary) = over_tangents_chunked(one, z,
+                                                                                est.chunk)
+        else:
+            dls, (losses, masks, values, state, boundary) = run(zeros)
+        cut = {s.site for s in sites}
 
         # The local backward: the same forward with gradients cut at every site, so
         # each site's cotangent reaches only the layers between it and the sites
@@ -252,12 +295,13 @@ class ActivityPerturbation(PassRule):
             return _at_primal(values[step.id], apply(*args))
 
         def f(params_):
-            out = eqx.combine(params_, static).forward(x, labels, intercept=at_primal)
+            out = _combine(params_, rest, static).forward(x, labels, intercept=at_primal,
+                                                          piece=piece, given=given)
             return objective(out.losses), {s: out.site_inputs[s] for s in cut}
 
-        (j, _), pull = jax.vjp(f, params)
+        (j, _), pull = jax.vjp(f, own)
         cot = {}
-        for s in self.sites:
+        for s in sites:
             if not s.credits:  # a dead site: its noise reaches no loss
                 cot[s.site] = jnp.zeros((batch, *s.shape), dtype)
                 continue
@@ -268,7 +312,7 @@ class ActivityPerturbation(PassRule):
                 g = g * masks[s.site][None]  # the mask is shared by the K tangents
             cot[s.site] = agg.combine(g)
         (grads,) = pull((jnp.ones_like(j), cot))
-        return PassResult(grads, losses, state)
+        return PassResult(grads, losses, state, boundary)
 
     def describe(self):
         return f"activity perturbation: {len(self.nodes)} parameter nodes, " \

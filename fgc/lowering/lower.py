@@ -49,6 +49,7 @@ from fgc.lowering.modules import (AbstractLayer, Buffer, FrozenLayers, StatefulL
                                   make_layer, trainable)
 
 if TYPE_CHECKING:
+    from fgc.plan.pieces import Piece
     from fgc.plan.program import Plan
 
 __all__ = ["DATASET_STATS", "Forward", "LossHead", "Network", "Step", "count_params", "lower",
@@ -144,6 +145,8 @@ class Forward(eqx.Module):
         asked for (else empty).
       state: node id → the new buffers of each stateful layer (batch-norm
         running statistics) after this batch; empty in evaluation.
+      boundary: when one piece ran, its outputs that later pieces read
+        (:attr:`fgc.plan.pieces.Piece.gives`); else empty.
     """
 
     losses: dict[str, Array]
@@ -152,6 +155,7 @@ class Forward(eqx.Module):
     site_inputs: dict[str, Array]
     values: dict[str, Array]
     state: dict[str, Buffer]
+    boundary: dict[str, Array] = eqx.field(default_factory=dict)
 
 
 class Network(eqx.Module):
@@ -180,6 +184,9 @@ class Network(eqx.Module):
         ``feedback`` asks (:mod:`fgc.plan.feedback`); empty for other algorithms.
       fixed: the fixed random auxiliary heads of ``project(guess = fixed)`` (a
         buffer: never trained), head node id → layer; empty otherwise.
+      pieces: the plan's pieces (:mod:`fgc.plan.pieces`): parts of the program that
+        :meth:`forward` can run one at a time (``piece=``), from the values earlier
+        pieces hand on; () or one piece: the whole program.
     """
 
     layers: dict[str, AbstractLayer]
@@ -194,6 +201,7 @@ class Network(eqx.Module):
     algorithm: str | None = eqx.field(static=True)
     feedback: dict[str, Buffer] = eqx.field(default_factory=dict)
     fixed: FrozenLayers | None = None
+    pieces: tuple[Piece, ...] = eqx.field(static=True, default=())
 
     def __check_init__(self):
         ids = {s.id for s in self.steps}
@@ -236,7 +244,8 @@ class Network(eqx.Module):
 
     def forward(self, x: Array, labels: Int[Array, " batch"] | None = None, *,
                 noise: dict[str, Array] | None = None, keep_values: bool = False,
-                train: bool = True, intercept: Intercept | None = None) -> Forward:
+                train: bool = True, intercept: Intercept | None = None,
+                piece: Piece | None = None, given: dict[str, Array] | None = None) -> Forward:
         """Runs the whole program in training mode: every loss, with optional activity noise.
 
         Args:
@@ -251,6 +260,10 @@ class Network(eqx.Module):
           train: batch statistics (and new buffers in ``state``); False reads
             the buffers, as evaluation does.
           intercept: see :meth:`run`.
+          piece, given: run only this piece (one of :attr:`pieces`) and compute only its
+            losses, reading the values of the nodes it reads from ``given`` (node id →
+            value, as earlier pieces' ``boundary`` gave them; the input comes from
+            ``x``). Its outputs for later pieces come back in ``boundary``.
 
         Returns:
           A :class:`Forward` with per-example losses, logits, site values and state.
@@ -261,17 +274,21 @@ class Network(eqx.Module):
                 raise ValueError(f"noise for unknown perturbation sites {unknown}; "
                                  f"sites: {list(self.sites)}")
         vals, sites, site_inputs, state = self.run(x, noise=noise or {}, train=train,
-                                                   intercept=intercept)
-        logits = {l.id: vals[l.logits_node] for l in self.loss_heads}
+                                                   intercept=intercept, piece=piece, given=given)
+        heads = self.loss_heads if piece is None else \
+            tuple(l for l in self.loss_heads if l.id in piece.losses)
+        logits = {l.id: vals[l.logits_node] for l in heads}
         losses = {}
         if labels is not None:
-            for l in self.loss_heads:
+            for l in heads:
                 if l.fused:
                     losses[l.id] = self._fused_loss(l, vals, labels)
                 else:
                     z = jax.lax.stop_gradient(logits[l.id]) if l.stop else logits[l.id]
                     losses[l.id] = loss_rule(l.kind).plain(z, labels, l.opts)
-        return Forward(losses, logits, sites, site_inputs, vals if keep_values else {}, state)
+        boundary = {} if piece is None else {n: vals[n] for n in piece.gives}
+        return Forward(losses, logits, sites, site_inputs, vals if keep_values else {}, state,
+                       boundary)
 
     def values(self, x: Array, *, noise: dict[str, Array] | None = None,
                train: bool = True) -> dict[str, Array]:
@@ -280,8 +297,10 @@ class Network(eqx.Module):
         return self.run(x, noise=noise or {}, train=train)[0]
 
     def run(self, x: Array, *, noise: dict[str, Array] | None = None, need: str | None = None,
-            train: bool = True, intercept: Intercept | None = None):
-        """The interpreter: every step in topological order.
+            train: bool = True, intercept: Intercept | None = None,
+            piece: Piece | None = None, given: dict[str, Array] | None = None):
+        """The interpreter: every step in topological order (only those ``need`` needs,
+        or only ``piece``'s, reading ``given`` for what earlier pieces computed).
 
         ``intercept(step, apply, args)`` (optional) computes a step's output in
         place of ``apply(*args)``: the hook through which update rules change how
@@ -298,7 +317,12 @@ class Network(eqx.Module):
         if self.input_mean is not None:
             x = _normalize(x, self.input_mean, self.input_std)
         wanted = None if need is None else _ancestors(self.steps, need)
-        vals: dict[str, Array] = {self.input_id: x}
+        if piece is not None:
+            wanted = set(piece.nodes)
+            missing = [u for u in piece.reads if u != self.input_id and u not in (given or {})]
+            if missing:
+                raise ValueError(f"piece `{piece.name}` reads {missing}, which `given` lacks")
+        vals: dict[str, Array] = {self.input_id: x, **(given or {})}
         sites, site_inputs, state = {}, {}, {}
         noise = noise or {}
         for s in self.steps:
@@ -445,7 +469,7 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
                    final, input_id, tuple(g.node(input_id).shape), mean, std,
                    g.meta.get("algorithm"),
                    feedback_matrices(plan, layers, {s.id: s.shape for s in steps}, key, dtype),
-                   FrozenLayers(fixed) if fixed else None)
+                   FrozenLayers(fixed) if fixed else None, tuple(getattr(plan, "pieces", ())))
 
 
 def _node_of(path) -> str:

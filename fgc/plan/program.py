@@ -24,6 +24,7 @@ from fgc.errors import Diagnostic, SpecError, plural
 from fgc.graph.ir import Graph
 from fgc.plan.credit import RULES as CREDIT_RULES, CreditMap, credit_map
 from fgc.plan.feedback import DFA, FeedbackNeed, feedback_needs, segment
+from fgc.plan.pieces import Piece, plan_pieces
 from fgc.graph.ops import OPS
 from fgc.front.parse import parse, parse_file
 
@@ -41,6 +42,9 @@ class Plan:
     warnings: tuple[Diagnostic, ...] = ()  # W601-W603: what plans but cannot work as written
     feedback: tuple[FeedbackNeed, ...] = ()  # fixed random matrices to lower (fgc.plan.feedback)
     units: dict = field(default_factory=dict)  # project estimator -> its units (plan.guesses)
+    # The parts a step may run one after another (fgc.plan.pieces); () from code that
+    # builds a Plan by hand means one piece, the whole program.
+    pieces: tuple[Piece, ...] = ()
 
     def credit_map(self, rule: str = "exact") -> CreditMap:
         """The planned credit map under ``rule`` (:data:`fgc.plan.credit.RULES`)."""
@@ -122,7 +126,8 @@ class Program:
             raise SpecError(sorted(d.items, key=_pos), self.spec.source)
         g.meta["algorithm"] = name
         plan = Plan(g, algo, groups, assignment, self.train,
-                    {rule: credit_map(g, rule) for rule in CREDIT_RULES}, units=units)
+                    {rule: credit_map(g, rule) for rule in CREDIT_RULES}, units=units,
+                    pieces=plan_pieces(g, algo))
         plan = replace(plan, feedback=feedback_needs(
             g, {n: plan.estimator_of(gr) for n, gr in assignment.items()}))
         return replace(plan, warnings=tuple(plan_warnings(plan, name, net_span, self.groups)))

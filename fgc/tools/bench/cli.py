@@ -43,6 +43,10 @@ def add_arguments(parser) -> None:
                         help="also trace a few more steps of each algorithm with "
                              "jax.profiler into DIR/ALGORITHM/ (open the .trace.json.gz in "
                              "ui.perfetto.dev) and print where they went")
+    parser.add_argument("--blockwise", choices=("on", "off"), default="on",
+                        help="run a greedy algorithm's pieces (each block with its local "
+                             "heads) one after another in the step, as fgc train does "
+                             "(on, the default), or the whole network at once (off)")
     parser.add_argument("--profile-steps", type=int_at_least(1), default=3, metavar="N",
                         help="steps traced per algorithm with --profile (default: 3)")
     parser.set_defaults(fn=run)
@@ -63,7 +67,8 @@ def run(args) -> int:
                                                flush=True),
                         profile_dir=getattr(args, "profile", None),
                         profile_steps=getattr(args, "profile_steps", 3),
-                        precision=getattr(args, "precision", None))
+                        precision=getattr(args, "precision", None),
+                        blockwise=getattr(args, "blockwise", "on") == "on")
     print(format_report(result))
     if args.json:
         print(f"wrote {write_json(result, args.json)}")

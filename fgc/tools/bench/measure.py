@@ -94,19 +94,21 @@ def _synthetic(prog, batch_size: int, seed: int):
 
 def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup: int,
                      seed: int, device, profile_dir: Path | None = None,
-                     profile_steps: int = 3, precision: str | None = None
-                     ) -> tuple[dict[str, Any], Any]:
+                     profile_steps: int = 3, precision: str | None = None,
+                     blockwise: bool = True) -> tuple[dict[str, Any], Any]:
     """Measures one algorithm's train step; returns the row and the sizes of the
     network's replicated losses (read before the step donates the network's buffers)."""
     import jax
     import numpy as np
 
+    from fgc.learning.estimators import UpdateRule
     from fgc.training.train import make_step, prepare
 
     t0 = time.perf_counter()
     run = prepare(prog, algorithm=name, dataset=data, batch_size=batch_size, seed=seed,
                   precision=precision)
-    step = make_step(run.rule, run.tx)
+    rule = run.rule if blockwise else UpdateRule.build(run.plan, run.net, blockwise=False)
+    step = make_step(rule, run.tx)
     net, opt_state = run.init_state()
     build_seconds = time.perf_counter() - t0
     replicated = replicated_configs(run.net, batch_size)
@@ -146,7 +148,8 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
     memory = _memory(compiled)
     row = {
         "algorithm": name,
-        "estimator": run.rule.describe(),
+        "estimator": rule.describe(),
+        "pieces": rule.pieces,
         "build_seconds": build_seconds,
         "lower_seconds": lower_s,
         "xla_compile_seconds": compile_s,
@@ -161,7 +164,7 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
         "losses_finite": finite,
         **({"profile": profile} if profile is not None else {}),
     }
-    del net, opt_state, losses, compiled, step, run
+    del net, opt_state, losses, compiled, step, run, rule
     gc.collect()
     return row, replicated
 
@@ -194,7 +197,8 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
                naive_limit_bytes: int = NAIVE_LIMIT_BYTES,
                log: Callable[[str], None] | None = None,
                profile_dir: str | os.PathLike | None = None,
-               profile_steps: int = 3, precision: str | None = None) -> dict[str, Any]:
+               profile_steps: int = 3, precision: str | None = None,
+               blockwise: bool = True) -> dict[str, Any]:
     """Measures a spec's train step under several algorithms, side by side in one process.
 
     Args:
@@ -216,6 +220,9 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
         traced steps are not among the timed ones.
       precision: how the step's matmuls and convolutions are computed
         (:data:`fgc.lowering.modules.PRECISIONS`; default: the spec's ``train.precision``).
+      blockwise: run a greedy plan's pieces one after another (the default, as
+        ``fgc train`` does; :mod:`fgc.learning.blockwise`); False runs the whole network
+        at once, for comparison. Each row says how many pieces its step ran (``pieces``).
 
     Returns:
       A JSON-ready dict: ``spec``, ``spec_name``, ``device`` (kind, platform, count),
@@ -251,7 +258,8 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
     for i, name in enumerate(names):
         log(f"[{i + 1}/{len(names)}] {name}: compiling and timing {steps} steps")
         row, configs = _bench_algorithm(prog, name, data, batch_size, steps, warmup, seed,
-                                        device, profile_dir, profile_steps, precision)
+                                        device, profile_dir, profile_steps, precision,
+                                        blockwise)
         rows.append(row)
     _ratios(rows)
 
@@ -269,6 +277,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
         "warmup": warmup,
         "seed": seed,
         "precision": precision or prog.train.precision,
+        "blockwise": blockwise,
         "data": "synthetic",
         "algorithms": rows,
         "skipped": skipped,

@@ -40,22 +40,23 @@ def format_report(result: dict[str, Any]) -> str:
     rows = result["algorithms"]
     have_bp = any("ratios_to_bp" in r for r in rows)
     peak = any(r.get("device_peak_bytes") for r in rows)
-    header = ["algorithm", "compile s", "step ms", "IQR ms", "images/s", "mem MiB",
+    header = ["algorithm", "pieces", "compile s", "step ms", "IQR ms", "images/s", "mem MiB",
               "GFLOP/step", "GFLOP/s"]
     if peak:
-        header.insert(6, "peak MiB")
+        header.insert(7, "peak MiB")
     if have_bp:
         header += ["time ×BP", "mem ×BP", "FLOP ×BP"]
     body = []
     for r in rows:
         s = r["step_seconds"]
-        cells = [r["algorithm"], _fmt(r["compile_seconds"], ".1f"), _fmt(s["median"] * 1e3, ".2f"),
+        cells = [r["algorithm"], _fmt(r.get("pieces"), "d"), _fmt(r["compile_seconds"], ".1f"),
+                 _fmt(s["median"] * 1e3, ".2f"),
                  _fmt(s["iqr"] * 1e3, ".2f"), _fmt(r["images_per_second"], ",.0f"),
                  _fmt(r["footprint_bytes"] and r["footprint_bytes"] / 2**20, ".1f"),
                  _fmt(r["flops"] and r["flops"] / 1e9, ".3f"),
                  _fmt(r["flops_per_second"] and r["flops_per_second"] / 1e9, ".1f")]
         if peak:
-            cells.insert(6, _fmt(r.get("device_peak_bytes") and r["device_peak_bytes"] / 2**20,
+            cells.insert(7, _fmt(r.get("device_peak_bytes") and r["device_peak_bytes"] / 2**20,
                                  ".0f"))
         if have_bp:
             q = r["ratios_to_bp"]
@@ -64,7 +65,9 @@ def format_report(result: dict[str, Any]) -> str:
         body.append(cells)
     lines += _table(header, body)
     notes = ["mem = the compiled step's arguments + outputs + XLA scratch (donated buffers "
-             "counted once); GFLOP from XLA's cost analysis"]
+             "counted once); GFLOP from XLA's cost analysis",
+             "pieces = parts of the network the step runs one after another (block-wise "
+             + ("on" if result.get("blockwise", True) else "off: --blockwise off") + ")"]
     if peak:
         notes.append("peak = the device's high-water mark so far in this process "
                      "(it only grows from one row to the next)")
