@@ -21,20 +21,24 @@ HAVE_DOT = shutil.which("dot") is not None
 needs_dot = pytest.mark.skipif(not HAVE_DOT, reason="Graphviz `dot` is not installed")
 
 
-def _combos():
-    for spec in SPECS:
-        prog = load(spec)
-        for algo in sorted(set(presets()) | set(prog.algorithms)):
-            yield pytest.param(spec, algo, id=f"{spec.stem}-{algo}")
-
-
 _PROGRAMS: dict = {}
 
 
-def plan_of(spec: Path, algo: str | None = None):
+def program_of(spec: Path):
+    """The loaded spec, once per session (collection and the tests share it)."""
     if spec not in _PROGRAMS:
         _PROGRAMS[spec] = load(spec)
-    return _PROGRAMS[spec].plan(algo)
+    return _PROGRAMS[spec]
+
+
+def _combos():
+    for spec in SPECS:
+        for algo in sorted(set(presets()) | set(program_of(spec).algorithms)):
+            yield pytest.param(spec, algo, id=f"{spec.stem}-{algo}")
+
+
+def plan_of(spec: Path, algo: str | None = None):
+    return program_of(spec).plan(algo)
 
 
 def drawable_plan(spec: Path, algo: str):
@@ -119,8 +123,7 @@ def _render_combos():
     forward, feedback, projection; greedy or not): Graphviz laying out all 17 presets of
     every spec took minutes, and the DOT of every combination is checked below anyway."""
     for spec in SPECS:
-        prog = load(spec)
-        seen, picked = set(), set(prog.algorithms) - set(presets())
+        seen, picked = set(), set(program_of(spec).algorithms) - set(presets())
         for algo in sorted(presets()):
             family = (presets()[algo].estimator.kind, presets()[algo].greedy)
             if family not in seen:
