@@ -158,6 +158,39 @@ def test_zero_readout_end_to_end_undefined(spec):
     assert "end-to-end gradient (act/wt)" not in format_table(r)
 
 
+def test_warm_up_with_another_algorithm(spec):
+    """`--warmup-algorithm lg-bp`: the warm-up trains with lg-bp, so the measured network is
+    the one lg-bp's own steps give, whatever algorithm is measured on it; the report says so."""
+    import jax
+    import numpy as np
+
+    from fgc.tools.common import load_program
+    from fgc.tools.diagnose.measure import _warm_up, warm_up_run
+    from fgc.tools.diagnose.setup import _batch_stream, _dataset
+    from fgc.training.train import prepare
+    prog = load_program(spec)
+    data = _dataset(prog, "synthetic", None, 8, 1, 0)
+
+    def warmed(algorithm, warmup):
+        run = prepare(prog, algorithm=algorithm, dataset=data, batch_size=8, seed=0)
+        stream = _batch_stream(run.data, 8, 0, False)
+        warm = warm_up_run(prog, run, algorithm, warmup, data, None)
+        return jax.tree_util.tree_leaves(_warm_up(run, stream, 3, warm, lambda _: None).layers)
+
+    by_lg_bp = warmed("lg-fg-a", "lg-bp")
+    for a, b in zip(by_lg_bp, warmed("lg-bp", None), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(by_lg_bp, warmed("lg-fg-a", None)))
+
+    r = diagnose(spec, "lg-fg-a", tangents=(1,), batches=1, draws=2, batch_size=8,
+                 dataset="synthetic", warmup_steps=2, warmup_algorithm="lg-bp")
+    assert r["warmup_algorithm"] == "lg-bp" and r["end_to_end"]["available"]
+    assert "warm-up: 2 steps of lg-bp" in format_table(r)
+    with pytest.raises(SpecError, match="lg-bp"):
+        diagnose(spec, "lg-fg-a", dataset="synthetic", warmup_steps=1,
+                 warmup_algorithm="lg-bpp")
+
+
 @pytest.mark.parametrize("algorithm, hint", [("bp", "fg-a"), ("lg-bp", "lg-fg-a")])
 def test_backprop_algorithm_refused(spec, algorithm, hint):
     with pytest.raises(DiagnoseError) as e:

@@ -53,6 +53,7 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
                           data_dir: str | None = None, seed: int | None = None,
                           warmup_steps: int = DEFAULT_WARMUP, credit: str | None = None,
                           chunk: int | None = None, memory_budget: int | None = None,
+                          warmup_algorithm: str | None = None,
                           log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Cosine and variance against K of each aggregation of an algorithm's estimator.
 
@@ -60,7 +61,8 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
       aggregations: registered aggregation names to compare.
       chunk: tangents each estimate evaluates at once (``forward(chunk = C)``), capped at K.
       spec, algorithm, tangents, batches, draws, batch_size, dataset, data_dir, seed,
-        warmup_steps, credit, memory_budget, log: as :func:`fgc.tools.diagnose.diagnose`.
+        warmup_steps, warmup_algorithm, credit, memory_budget, log: as
+        :func:`fgc.tools.diagnose.diagnose`.
 
     Returns:
       A JSON-serialisable dict: the settings, ``aggregate`` (``all`` and ``blocks``: per
@@ -74,7 +76,7 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
     from fgc.tools.common import load_program
     from fgc.tools.diagnose.core import _draws_fn, _grad_fn, build_rule
     from fgc.tools.diagnose.measure import (_available_bytes, _chunk, _settings,
-                                            _tangent_bytes, _warm_up)
+                                            _tangent_bytes, _warm_up, warm_up_run)
     from fgc.tools.diagnose.setup import _batch_stream, _check_settings, _dataset, _plan
     from fgc.tools.diagnose.stats import _jsonable, _leaves, _units
     from fgc.training.train import prepare, with_estimator
@@ -98,7 +100,8 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
                   credit=credit)
     B = run.train.batch_size
     stream = _batch_stream(run.data, B, run.train.seed, run.train.flip)
-    net = _warm_up(run, stream, warmup_steps, name, log)
+    warm = warm_up_run(prog, run, name, warmup_algorithm, data, credit)
+    net = _warm_up(run, stream, warmup_steps, warm, log)
 
     g = plan.graph
     nodes = {n for n, grp in plan.assignment.items() if g.node(n).role == "op"
@@ -155,7 +158,7 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
         blocks.append({"block": block, "group": group, "params": int(sum(leaves[i].size
                                                                           for i in idx)),
                        **unit(idx)})
-    result = _settings(prog, plan, name, run, ks, batches, draws, warmup_steps)
+    result = _settings(prog, plan, name, run, ks, batches, draws, warmup_steps, warm[0])
     result.update({
         "mode": "aggregate",
         "aggregations": list(aggs),
@@ -241,11 +244,11 @@ def _draw_aggregate(r: dict):
 
 def format_aggregations(r: dict) -> str:
     """A plain-text table of a :func:`diagnose_aggregations` result."""
-    from fgc.tools.diagnose.report import _fmt
+    from fgc.tools.diagnose.report import _fmt, _warmup_words
     ks = r["tangents"]
     lines = [_subtitle(r) + f" · {r['device']}",
              f"{r['perturb']} perturbation; target: {_target_words(r)}; warm-up: "
-             f"{r['warmup_steps']} steps"]
+             f"{_warmup_words(r)}"]
     rows = r["aggregate"]["blocks"] + [r["aggregate"]["all"]]
     w = max(len(_block_label(u)) for u in rows) + max(len(a) for a in r["aggregations"]) + 5
     for field, words in (("cos_target", "cosine with the target gradient"),

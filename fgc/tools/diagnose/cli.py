@@ -52,6 +52,11 @@ def add_arguments(parser) -> None:
                         help="training steps with the algorithm before measuring, so the "
                         "zero-initialised readout passes an end-to-end gradient (default: "
                         f"{DEFAULT_WARMUP}; 0 reports it as undefined)")
+    parser.add_argument("--warmup-algorithm", metavar="NAME",
+                        help="the algorithm the warm-up steps train with (default: "
+                        "--algorithm): one warm-up algorithm for several diagnoses measures "
+                        "them all on the same trained network, e.g. lg-bp, which also trains "
+                        "the auxiliary heads that local guesses go through")
     parser.add_argument("--credit", choices=("exact", "ignore_norm"),
                         help="credit rule of the estimators (default: the algorithm's)")
     add_aggregate_arguments(parser, many=True)
@@ -69,6 +74,7 @@ def run(args) -> int:
     common = dict(tangents=args.tangents, batches=args.batches, draws=args.draws,
                   batch_size=args.batch_size, dataset=args.dataset, data_dir=args.data_dir,
                   seed=args.seed, warmup_steps=args.warmup_steps,
+                  warmup_algorithm=getattr(args, "warmup_algorithm", None),
                   credit=getattr(args, "credit", None), chunk=getattr(args, "chunk", None),
                   log=None if getattr(args, "quiet", False) else log)
     if getattr(args, "aggregate", None):

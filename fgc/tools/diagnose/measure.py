@@ -41,7 +41,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
              batch_size: int | None = None, dataset=None, data_dir: str | None = None,
              seed: int | None = None, warmup_steps: int = DEFAULT_WARMUP,
              memory_budget: int | None = None, credit: str | None = None,
-             chunk: int | None = None,
+             chunk: int | None = None, warmup_algorithm: str | None = None,
              log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Measures cosine similarity and variance of an algorithm's forward-gradient estimates.
 
@@ -57,9 +57,12 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         ``synthetic`` (random images of the spec's input shape); default the spec's.
       data_dir: folder with ``mnist.npz`` / ``cifar10-jpeg.zip``.
       seed: seed of the initialisation, batch order and noise (default the spec's).
-      warmup_steps: training steps with the algorithm itself before measuring (see the
-        module docstring: the zero-initialised readout makes the end-to-end gradient zero
-        at initialisation).
+      warmup_steps: training steps before measuring (see the module docstring: the
+        zero-initialised readout makes the end-to-end gradient zero at initialisation).
+      warmup_algorithm: the algorithm those steps train with (default: ``algorithm``
+        itself). One warm-up algorithm for several diagnoses measures each of them on the
+        same trained network (say ``lg-bp``, which also trains the auxiliary heads that
+        local guesses backpropagate through).
       memory_budget: bytes one vmapped chunk of draws may use (default a quarter of the free
         device memory).
       credit: the estimators' credit rule, ``exact`` or ``ignore_norm`` (default: the
@@ -96,7 +99,8 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
                   credit=credit)
     cfg = run.train
     stream = _batch_stream(run.data, cfg.batch_size, cfg.seed, cfg.flip)
-    net = _warm_up(run, stream, warmup_steps, name, log)
+    warm = warm_up_run(prog, run, name, warmup_algorithm, data, credit)
+    net = _warm_up(run, stream, warmup_steps, warm, log)
     e2e_net, e2e_note = _end_to_end(prog, plan, run, net)
     tplan = target_plan(prog, plan)
     if tplan is None:
@@ -115,7 +119,7 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
         e2e_note = ("undefined: the end-to-end gradient of the backbone is exactly zero (the "
                     "readout is zero-initialised); use --warmup-steps > 0")
         e2e_ok = False
-    result = _settings(prog, plan, name, run, ks, batches, draws, warmup_steps)
+    result = _settings(prog, plan, name, run, ks, batches, draws, warmup_steps, warm[0])
     result.update(_estimators(probe, variant_plans, missing, net, e2e_ok, e2e_note))
     result.update(_statistics(probe, sums, e2e_ok))
     result["seconds"] = {"total": time.perf_counter() - t_start,
@@ -123,28 +127,45 @@ def diagnose(spec, algorithm: str | None = None, *, tangents: Sequence[int] = DE
     return _jsonable(result)
 
 
-def _warm_up(run, stream, warmup_steps: int, name: str, log):
-    """The network after ``warmup_steps`` steps of the algorithm itself (module docstring);
-    the step donates its input."""
+def warm_up_run(prog, run, name: str, warmup_algorithm: str | None, data, credit):
+    """``(name, run)`` of the warm-up: ``run`` itself, or the same data, batch size and seed
+    prepared with ``warmup_algorithm``."""
+    from fgc.training.train import prepare
+    if warmup_algorithm is None or warmup_algorithm == name:
+        return name, run
+    return warmup_algorithm, prepare(prog, algorithm=warmup_algorithm, dataset=data,
+                                     batch_size=run.train.batch_size, seed=run.train.seed,
+                                     credit=credit)
+
+
+def _warm_up(run, stream, warmup_steps: int, warm, log):
+    """The network after ``warmup_steps`` steps of the warm-up algorithm (module docstring);
+    the step donates its input. ``warm``: :func:`warm_up_run`'s ``(name, run)``; where it is
+    another algorithm's run, its trained layers (parameters and batch-norm statistics)
+    replace those of ``run``'s network, whose buffers (fixed heads, feedback matrices) stay."""
+    import equinox as eqx
     import jax
     import jax.numpy as jnp
 
     from fgc.training.train import make_step
+    name, trainer = warm
     net = run.net
     if warmup_steps:
         t0 = time.perf_counter()
-        net, opt_state = run.init_state()
-        step = make_step(run.rule, run.tx)
+        net, opt_state = trainer.init_state()
+        step = make_step(trainer.rule, trainer.tx)
         for i in range(warmup_steps):
             xb, yb = next(stream)
             net, opt_state, losses = step(net, opt_state, jnp.asarray(xb), jnp.asarray(yb),
-                                          jax.random.fold_in(run.key, i + 1))
+                                          jax.random.fold_in(trainer.key, i + 1))
         bad = {k: float(v) for k, v in jax.device_get(losses).items()
                if not math.isfinite(float(v))}
         if bad:
             raise DiagnoseError(f"the loss became {next(iter(bad.values()))} during the "
-                                f"{warmup_steps} warm-up steps; lower the learning rate or "
-                                "--warmup-steps")
+                                f"{warmup_steps} warm-up steps of {name}; lower the learning "
+                                "rate or --warmup-steps")
+        if trainer is not run:
+            net = eqx.tree_at(lambda n: n.layers, run.net, net.layers)
         log(f"warm-up: {warmup_steps} steps of {name} in {time.perf_counter() - t0:.1f}s")
     return net
 
@@ -342,7 +363,8 @@ def _draw(probe: _Probe, s: _Sums, kind: str, ki: int, b: int, net, x, y, true, 
 
 # --- the result -------------------------------------------------------------------------------
 
-def _settings(prog, plan, name, run, ks, batches, draws, warmup_steps) -> dict[str, Any]:
+def _settings(prog, plan, name, run, ks, batches, draws, warmup_steps,
+              warmup_algorithm: str | None = None) -> dict[str, Any]:
     import jax
     return {
         "fgc_diagnose": 1,
@@ -361,7 +383,7 @@ def _settings(prog, plan, name, run, ks, batches, draws, warmup_steps) -> dict[s
         "tangents": list(ks),
         "seed": run.train.seed,
         "warmup_steps": warmup_steps,
-        "warmup_algorithm": name if warmup_steps else None,
+        "warmup_algorithm": (warmup_algorithm or name) if warmup_steps else None,
         "device": _device(),
         "jax": jax.__version__,
     }

@@ -56,7 +56,7 @@ def format_table(r: dict) -> str:
              f"target: {_target_words(r)}; end-to-end: "
              + ("BP gradient" if r["end_to_end"]["available"] else
                 r["end_to_end"]["note"] or "unavailable")
-             + f"; warm-up: {r['warmup_steps']} steps"]
+             + f"; warm-up: {_warmup_words(r)}"]
     for kind in KINDS:
         if kind not in kinds:
             lines.append(f"{_LABEL[kind]}: not run ({r['estimators'][kind]['reason']})")
@@ -105,3 +105,10 @@ def write_result(result: dict, out: str | os.PathLike) -> Path:
     path = out / RESULT
     write_whole(path, json.dumps(result, indent=1, allow_nan=False) + "\n", DiagnoseError)
     return path
+
+
+def _warmup_words(r: dict) -> str:
+    """``20 steps``, with the warm-up algorithm where it is not the measured one."""
+    words = f"{r['warmup_steps']} steps"
+    warm = r.get("warmup_algorithm")
+    return words + (f" of {warm}" if warm and warm != r["algorithm"] else "")
