@@ -145,7 +145,7 @@ SLOW = pytest.mark.slow
 @pytest.mark.parametrize("algorithm,agg", [
     pytest.param("fg-w", "orthogonal", marks=SLOW), pytest.param("fg-a", "orthogonal", marks=SLOW),
     pytest.param("lg-fg-w", "orthogonal", marks=SLOW), ("lg-fg-a", "orthogonal"),
-    ("fg-a", "sum"), pytest.param("lg-fg-w", "sum", marks=SLOW)])
+    pytest.param("fg-a", "sum", marks=SLOW), pytest.param("lg-fg-w", "sum", marks=SLOW)])
 def test_verify_passes(program, algorithm, agg):
     """Unbiased against jax.grad of the reference: orthogonal with expectation ∇J, sum with
     K·∇J (fgc verify's comparison), under every forward preset, K = 3."""

@@ -140,7 +140,7 @@ def test_optimizer_leaves_matrices_unchanged_and_checkpoints_keep_them(tmp_path)
 # fa on the conv net is the longest (its float64 convolutions compile slowly): `slow`; dfa
 # and the local variants still check that net's group norms by default.
 @pytest.mark.parametrize("algo,spec", [
-    pytest.param(a, s, marks=pytest.mark.slow) if (a, s) == ("fa", "cnn") else (a, s)
+    pytest.param(a, s, marks=pytest.mark.slow) if (a, s) in {("fa", "cnn"), ("fa", "mixer")} else (a, s)
     for a in ALGOS for s in sorted(SPECS)])
 def test_verify_passes_against_the_independent_reference(spec, algo):
     report = verify_plan(_plan(SPECS[spec], algo), batch_size=3)

@@ -9,12 +9,14 @@ zero start, is still near 20% after one epoch although the blocks' local losses
 fall steadily. BENCHMARKS.md has the 20-epoch runs at the paper's settings.
 """
 
+import dataclasses
 import os
 from pathlib import Path
 
 import pytest
 
 from fgc.front.config import Call
+from fgc.training.data import load_dataset
 from fgc.training.train import train
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,10 +27,25 @@ pytestmark = pytest.mark.skipif(not (DATA / "mnist.npz").is_file(),
                                 reason=f"real MNIST not found at {DATA / 'mnist.npz'}")
 
 
-@pytest.mark.parametrize("algorithm,tangents", [("bp", None), ("lg-fg-a", 16)])
+def _epoch(algorithm, tangents, out, dataset="mnist"):
+    return train(SPEC, out=out, algorithm=algorithm, dataset=dataset, data_dir=DATA, epochs=1,
+                 tangents=tangents, schedule=Call("constant"), eval_train=False,
+                 progress=False, log=lambda _: None)
+
+
+@pytest.mark.parametrize("algorithm,tangents", [
+    ("bp", None), pytest.param("lg-fg-a", 16, marks=pytest.mark.slow)])
 def test_one_epoch_of_s11_on_mnist(algorithm, tangents, tmp_path):
-    summary = train(SPEC, out=tmp_path / algorithm, algorithm=algorithm, dataset="mnist",
-                    data_dir=DATA, epochs=1, tangents=tangents, schedule=Call("constant"),
-                    eval_train=False, progress=False, log=lambda _: None)
+    summary = _epoch(algorithm, tangents, tmp_path / algorithm)
     assert summary["epochs"] == 1
     assert summary["test_error"] < 10.0, summary
+
+
+def test_lg_fg_a_learns_from_a_third_of_mnist(tmp_path):
+    # The fast sibling of the slow full epoch above (80 s on 2 cores): 20,000 training and
+    # 5,000 test images, 16 tangents; measured 14.9% test error (chance is 90%).
+    ds = load_dataset("mnist", DATA)
+    ds = dataclasses.replace(ds, x_train=ds.x_train[:20000], y_train=ds.y_train[:20000],
+                             x_test=ds.x_test[:5000], y_test=ds.y_test[:5000])
+    summary = _epoch("lg-fg-a", 16, tmp_path / "lg-fg-a", dataset=ds)
+    assert summary["test_error"] < 25.0, summary
