@@ -122,7 +122,7 @@ def _estimates(program, algorithm, **changes):
 
 
 @pytest.mark.parametrize("algorithm,agg", [
-    ("lg-fg-a", "orthogonal"), ("lg-fg-w", "mean"),
+    ("lg-fg-a", "orthogonal"), pytest.param("lg-fg-w", "mean", marks=pytest.mark.slow),
     pytest.param("lg-fg-a", "mean", marks=pytest.mark.slow),
     pytest.param("lg-fg-w", "orthogonal", marks=pytest.mark.slow)])
 def test_chunks_equal_the_unchunked_estimate(program, algorithm, agg):
@@ -186,7 +186,7 @@ def diagnosis(tmp_path_factory):
     spec.write_text(lean_mixer("tiny aggregate"))
     out = root / "diag"
     status = main(["diagnose", str(spec), "--algorithm", "lg-fg-a", "--dataset", "synthetic",
-                   "--tangents", "1,2,4", "--aggregate", "mean,sum,orthogonal", "--batches",
+                   "--tangents", "1,4", "--aggregate", "mean,sum,orthogonal", "--batches",
                    "1", "--draws", "8", "--batch-size", "8", "--warmup-steps", "3", "-q",
                    "-o", str(out)])
     return status, out, json.loads((out / "diagnose.json").read_text())
@@ -197,20 +197,20 @@ def test_diagnose_writes_numbers_and_figure(diagnosis):
     assert status == 0
     assert (out / "aggregate.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert r["mode"] == "aggregate" and r["aggregations"] == ["mean", "sum", "orthogonal"]
-    assert r["tangents"] == [1, 2, 4]
+    assert r["tangents"] == [1, 4]
     every = r["aggregate"]["all"]
     for a in r["aggregations"]:
-        assert len(every[a]["cos_target"]) == 3 and len(every[a]["variance"]) == 3
+        assert len(every[a]["cos_target"]) == 2 and len(every[a]["variance"]) == 2
         assert all(0 < c <= 1 for c in every[a]["cos_target"])
-    assert every["sum"]["expectation"] == [1.0, 2.0, 4.0]
+    assert every["sum"]["expectation"] == [1.0, 4.0]
     assert {u["block"] for u in r["aggregate"]["blocks"]} == {"stem.1", "mixer.1"}
 
 
 def test_diagnose_cosine_grows_with_k(diagnosis):
     every = diagnosis[2]["aggregate"]["all"]
     cos, var = every["mean"]["cos_target"], every["mean"]["variance"]
-    assert cos[0] < cos[1] < cos[2]
-    assert var[0] > var[1] > var[2]
+    assert cos[0] < cos[1]
+    assert var[0] > var[1]
     # sum is K × mean draw for draw: the same direction and relative variance.
     np.testing.assert_allclose(every["sum"]["cos_target"], cos, rtol=1e-6)
     np.testing.assert_allclose(every["sum"]["variance"], var, rtol=1e-4)

@@ -43,7 +43,7 @@ def cli_run(spec, tmp_path_factory):
     out = tmp_path_factory.mktemp("out") / "diag"
     args = parser().parse_args([str(spec), "--algorithm", "lg-fg-a", "--dataset", "synthetic",
                                 "--tangents", ",".join(map(str, TANGENTS)), "--batches", "2",
-                                "--draws", "8", "--batch-size", "16", "--warmup-steps", "3",
+                                "--draws", "4", "--batch-size", "16", "--warmup-steps", "3",
                                 "-o", str(out)])
     stdout, stderr = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -72,7 +72,7 @@ def test_settings_recorded(result):
     assert result["algorithm"] == "lg-fg-a"
     assert result["target"] == "local" and result["greedy"] is True
     assert result["tangents"] == list(TANGENTS)
-    assert (result["batch_size"], result["batches"], result["draws"]) == (16, 2, 8)
+    assert (result["batch_size"], result["batches"], result["draws"]) == (16, 2, 4)
     assert result["dataset"] == "synthetic"
     assert result["estimators"]["activity"]["available"]
     assert result["estimators"]["weights"]["available"]

@@ -151,7 +151,7 @@ def check_loads(text: str):
     return prog
 
 
-@fuzz(150)
+@fuzz(80)
 @given(mutated())
 def test_mutated_specs(text):
     check_loads(text)

@@ -41,11 +41,11 @@ def test_one_epoch_of_s11_on_mnist(algorithm, tangents, tmp_path):
     assert summary["test_error"] < 10.0, summary
 
 
-def test_lg_fg_a_learns_from_a_third_of_mnist(tmp_path):
-    # The fast sibling of the slow full epoch above (80 s on 2 cores): 20,000 training and
-    # 5,000 test images, 16 tangents; measured 14.9% test error (chance is 90%).
+def test_lg_fg_a_learns_from_a_sixth_of_mnist(tmp_path):
+    # The fast sibling of the slow full epoch above (80 s on 2 cores): 10,000 training and
+    # 2,000 test images, 8 tangents; measured 25.7% test error (chance is 90%).
     ds = load_dataset("mnist", DATA)
-    ds = dataclasses.replace(ds, x_train=ds.x_train[:20000], y_train=ds.y_train[:20000],
-                             x_test=ds.x_test[:5000], y_test=ds.y_test[:5000])
-    summary = _epoch("lg-fg-a", 16, tmp_path / "lg-fg-a", dataset=ds)
-    assert summary["test_error"] < 25.0, summary
+    ds = dataclasses.replace(ds, x_train=ds.x_train[:10000], y_train=ds.y_train[:10000],
+                             x_test=ds.x_test[:2000], y_test=ds.y_test[:2000])
+    summary = _epoch("lg-fg-a", 8, tmp_path / "lg-fg-a", dataset=ds)
+    assert summary["test_error"] < 40.0, summary

@@ -13,7 +13,7 @@ import fgc
 from fgc.learning.verify import verify_plan
 from oracle import cases
 
-EXAMPLES = int(os.environ.get("FGC_ORACLE_EXAMPLES", "4"))
+EXAMPLES = int(os.environ.get("FGC_ORACLE_EXAMPLES", "2"))
 LOG = os.environ.get("FGC_ORACLE_LOG")
 
 
