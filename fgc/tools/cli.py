@@ -248,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `fgc check --summary X | head -1`: the reader has what it wants
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush raises nothing
+        return 141  # as if killed by SIGPIPE, like other Unix tools
     except Exception as e:  # the device ran out of memory: the user's setting, not a bug
         if "RESOURCE_EXHAUSTED" not in str(e) or type(e).__name__ != "JaxRuntimeError":
             raise
@@ -256,10 +260,6 @@ def main(argv: list[str] | None = None) -> int:
               "--batch-size (or --chunk for many tangents), or a device with more memory",
               file=sys.stderr)
         return 1
-    except BrokenPipeError:  # `fgc check --summary X | head -1`: the reader has what it wants
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush raises nothing
-        return 141  # as if killed by SIGPIPE, like other Unix tools
 
 
 if __name__ == "__main__":
