@@ -252,6 +252,7 @@ def test_profile_dir_that_is_a_file(spec, tmp_path):
 def test_out_of_device_memory_is_a_message_not_a_traceback(monkeypatch, capsys):
     """XLA's RESOURCE_EXHAUSTED (ResNet-18 guess-local-a at batch 128 asked a 2-core CPU
     for 35 GB) says what to change; any other runtime error stays a traceback (a bug)."""
+    import fgc.tools.bench.cli as bench_cli
     from fgc.tools.cli import main
 
     class JaxRuntimeError(RuntimeError):
@@ -259,26 +260,13 @@ def test_out_of_device_memory_is_a_message_not_a_traceback(monkeypatch, capsys):
 
     def oom(args):
         raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 35333683140 bytes.")
-    monkeypatch.setattr("fgc.tools.cli.build_parser", _parser_calling(oom))
+    monkeypatch.setattr(bench_cli, "run", oom)  # the parser binds `run` when main builds it
     assert main(["bench", "specs/mixer-m-1-16.fg"]) == 1
     err = capsys.readouterr().err
     assert "ran out of memory" in err and "--batch-size" in err and "35333683140" in err
 
     def bug(args):
         raise JaxRuntimeError("INTERNAL: something else")
-    monkeypatch.setattr("fgc.tools.cli.build_parser", _parser_calling(bug))
+    monkeypatch.setattr(bench_cli, "run", bug)
     with pytest.raises(JaxRuntimeError):
         main(["bench", "specs/mixer-m-1-16.fg"])
-
-
-def _parser_calling(fn):
-    from fgc.tools.cli import build_parser as real
-
-    def build():
-        p = real()
-        p.set_defaults(fn=fn)
-        for action in p._subparsers._group_actions:
-            for sub in action.choices.values():
-                sub.set_defaults(fn=fn)
-        return p
-    return build

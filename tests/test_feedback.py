@@ -137,10 +137,12 @@ def test_optimizer_leaves_matrices_unchanged_and_checkpoints_keep_them(tmp_path)
 
 # --- the rules against their reference --------------------------------------------------------
 
-# fa on the conv net is the longest (its float64 convolutions compile slowly): `slow`; dfa
-# and the local variants still check that net's group norms by default.
+# fa on the conv net is the longest (its float64 convolutions compile slowly) and fa on the
+# mixer the next: both `slow`; fa on the MLP, dfa and the local variants still check FA's
+# backward and both nets' norms by default.
 @pytest.mark.parametrize("algo,spec", [
-    pytest.param(a, s, marks=pytest.mark.slow) if (a, s) in {("fa", "cnn"), ("fa", "mixer")} else (a, s)
+    pytest.param(a, s, marks=pytest.mark.slow) if (a, s) in {("fa", "cnn"), ("fa", "mixer")}
+    else (a, s)
     for a in ALGOS for s in sorted(SPECS)])
 def test_verify_passes_against_the_independent_reference(spec, algo):
     report = verify_plan(_plan(SPECS[spec], algo), batch_size=3)

@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(devnull, sys.stdout.fileno())  # so the exit's final flush raises nothing
         return 141  # as if killed by SIGPIPE, like other Unix tools
     except Exception as e:  # the device ran out of memory: the user's setting, not a bug
+        # Matched by name: importing jax here would slow every command's start-up.
         if "RESOURCE_EXHAUSTED" not in str(e) or type(e).__name__ != "JaxRuntimeError":
             raise
         first = str(e).strip().splitlines()[0]
