@@ -4,7 +4,8 @@ Fournier et al.'s question, asked of several `diagnose.json` files made on the s
 network (e.g. one per guess preset): how well does each guess's projected update point
 along the true gradient of the end-to-end loss, block by block, in activity and in weight
 space? Reads each run's ``blocks[*].{activity,weights}.cos_e2e`` (first K) and draws two
-panels of grouped bars, with the runs' seeded spread (``cos_e2e_std``) as error bars.
+panels of grouped bars, with the spread over batches and draws (``cos_e2e_std``) as error
+bars.
 
     python examples/guess_cosines.py NAME=DIR [NAME=DIR ...] -o cosines.png [--json table.json]
 
