@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from fgc.errors import FgError
 from fgc.learning import projection
 from fgc.learning.estimators import UpdateRule
 from fgc.learning.verify import verify_plan
@@ -170,3 +171,28 @@ def test_cli_train_and_diagnose(tmp_path):
     cos = rows["layer.2"]["activity"]["cos_e2e"][0]
     assert cos == pytest.approx(1.0)  # the last block learns by its true gradient
     assert -1.0 <= rows["layer.1"]["activity"]["cos_e2e"][0] < 1.0
+
+
+def test_coupled_jvps_in_chunks_give_the_same_update():
+    """``chunk = 2`` runs the per-example jvps of a batch of 5 two at a time (the last
+    alone); the update equals the all-at-once one, and verify still passes."""
+    algos = "".join(
+        f"\nalgorithm {n} {{\n  estimator = project(target = global, guess = local, "
+        f"space = activity, granularity = sample{c})\n}}\n"
+        for n, c in (("once", ", chunk = 8"), ("pairs", ", chunk = 2")))
+    p = loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos))
+    plan = p.plan("pairs")
+    assert {plan.estimator_of(g).chunk for g in set(plan.assignment.values())} >= {2}
+    once, pairs = _grads(p.plan("once")), _grads(p.plan("pairs"))
+    assert any(a.size for n in once for a in once[n])
+    for n in once:
+        for a, b in zip(once[n], pairs[n]):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    assert verify_plan(p.plan("pairs"), samples=1, batch_size=5).ok
+
+
+def test_chunk_of_a_projection_must_be_a_positive_integer():
+    algos = ("\nalgorithm bad {\n  estimator = project(guess = local, space = activity, "
+             "granularity = sample, chunk = 0)\n}\n")
+    with pytest.raises(FgError, match="chunk must be an integer"):
+        loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos))

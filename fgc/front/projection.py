@@ -28,7 +28,7 @@ GRANULARITY = {  # space -> the granularities it accepts
 }
 NOISE = ("gaussian", "rademacher")
 GUESS_BN = ("eval", "train")
-ARGS = ("target", "guess", "space", "granularity", "noise", "eps", "guess_bn")
+ARGS = ("target", "guess", "space", "granularity", "noise", "eps", "guess_bn", "chunk")
 REQUIRED = ("guess", "space", "granularity")
 
 
@@ -36,6 +36,7 @@ def describe(est) -> str:
     noise = f", {est.noise}" if est.guess == "random" else ""
     eps = "" if est.eps == 1e-12 else f", eps={est.eps:g}"
     bn = "" if est.guess_bn == "eval" else f", guess_bn={est.guess_bn}"
+    bn += "" if est.chunk is None else f", chunk={est.chunk}"
     return (f"project({est.target} onto {est.guess}{noise}, {est.space}, "
             f"per {est.granularity}{eps}{bn})")
 
@@ -104,6 +105,15 @@ def project_from(v: S.Call, d: Diags):
             ok = False
         else:
             out["eps"] = float(n)
+    if "chunk" in kw:
+        n = kw["chunk"].value if isinstance(kw["chunk"], S.Number) else None
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            d.add("E206", "chunk must be an integer ≥ 1", kw["chunk"].span,
+                  "chunk = C runs C per-example jvps at once where batch statistics couple "
+                  "the examples (memory grows with C; the products are the same)")
+            ok = False
+        else:
+            out["chunk"] = n
     if not ok:
         return None
     out.setdefault("target", "global")

@@ -51,6 +51,10 @@ from fgc.plan.guesses import Unit
 
 __all__ = ["ActivityProjection", "WeightProjection", "per_example", "project"]
 
+# Examples whose per-example jvps run at once where batch statistics couple them
+# (``project(..., chunk = C)`` overrides it).
+COUPLED_CHUNK = 16
+
 
 def per_example(loss):
     """A loss ``[B]`` or ``[B, P, G]`` as one value per example (its replicas summed)."""
@@ -155,7 +159,12 @@ class _Projection(PassRule):
         def one(e):  # batch statistics couple the examples: one jvp per example
             t = jax.tree_util.tree_map(lambda a: a * _bcast(e, a), tangent)
             return jax.jvp(f, (zeros,), (t,))[1].sum() / batch
-        return jax.vmap(one)(jnp.eye(batch, dtype=jax.tree_util.tree_leaves(tangent)[0].dtype))
+        eye = jnp.eye(batch, dtype=jax.tree_util.tree_leaves(tangent)[0].dtype)
+        # Each of these jvps carries the whole batch's tangents through the target pass,
+        # so all B at once need B x its memory (35 GB for ResNet-18 at batch 128); a few
+        # at a time bound it, and the products are the same.
+        chunk = self.estimator.chunk or COUPLED_CHUNK
+        return jax.vmap(one)(eye) if chunk >= batch else jax.lax.map(one, eye, batch_size=chunk)
 
     def guess_net(self, net, u: Unit, key):
         """The network whose heads the guess of ``u`` reads: re-drawn (``ntk``), the fixed
