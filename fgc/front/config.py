@@ -157,6 +157,18 @@ def _num(v) -> float | int | None:
     return v.value if isinstance(v, S.Number) else None
 
 
+def count_setting(v: S.Value, name: str, d: Diags, most: int | None = None,
+                  hint: str | None = None) -> int | None:
+    """A setting that counts things (tangents, chunk): an integer from 1 to ``most``; one
+    check and one message wherever such a setting is parsed. None after reporting E206."""
+    n = _num(v)
+    if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= (most or n):
+        return n
+    within = "≥ 1" if most is None else f"from 1 to tangents ({most})"
+    d.add("E206", f"{name} must be an integer {within}", v.span, hint)
+    return None
+
+
 def _settings(sec: S.Section, allowed: tuple, d: Diags) -> dict:
     out = {}
     for s in sec.settings:
@@ -223,16 +235,15 @@ def estimator_from(v: S.Value, d: Diags) -> Estimator | None:
         if name in kw:
             out[name] = _choice(kw[name], choices, name, d)
     if "tangents" in kw:
-        t = _num(kw["tangents"])
-        if not isinstance(t, int) or t < 1:
-            d.add("E206", "tangents must be a positive integer", kw["tangents"].span)
+        t = count_setting(kw["tangents"], "tangents", d)
+        if t is None:
             return None
         out["tangents"] = t
     if "chunk" in kw:
-        c, k = _num(kw["chunk"]), out.get("tangents", 1)
-        if not isinstance(c, int) or isinstance(c, bool) or not 1 <= c <= k:
-            d.add("E206", f"chunk must be an integer from 1 to tangents ({k})", kw["chunk"].span,
-                  "chunk = C evaluates the K tangents C at a time; it need not divide K")
+        k = out.get("tangents", 1)
+        c = count_setting(kw["chunk"], "chunk", d, most=k,
+                          hint="chunk = C evaluates the K tangents C at a time; it need not divide K")
+        if c is None:
             return None
         out["chunk"] = c
     if any(x is None for x in out.values()):

@@ -106,13 +106,12 @@ def project_from(v: S.Call, d: Diags):
         else:
             out["eps"] = float(n)
     if "chunk" in kw:
-        n = kw["chunk"].value if isinstance(kw["chunk"], S.Number) else None
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            d.add("E206", "chunk must be an integer ≥ 1", kw["chunk"].span,
-                  "chunk = C runs C per-example jvps at once where batch statistics couple "
-                  "the examples (memory grows with C; the products are the same)")
-            ok = False
-        else:
+        from fgc.front.config import count_setting
+        n = count_setting(kw["chunk"], "chunk", d,
+                          hint="chunk = C runs C per-example jvps at once where batch statistics "
+                               "couple the examples (memory grows with C; the products are the same)")
+        ok = ok and n is not None
+        if n is not None:
             out["chunk"] = n
     if not ok:
         return None
