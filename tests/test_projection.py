@@ -173,12 +173,14 @@ def test_cli_train_and_diagnose(tmp_path):
     assert -1.0 <= rows["layer.1"]["activity"]["cos_e2e"][0] < 1.0
 
 
-def test_coupled_jvps_in_chunks_give_the_same_update():
+@pytest.mark.parametrize("space", ["activity", "weights"])
+def test_coupled_jvps_in_chunks_give_the_same_update(space):
     """``chunk = 2`` runs the per-example jvps of a batch of 5 two at a time (the last
-    alone); the update equals the all-at-once one, and verify still passes."""
+    alone); the update equals the all-at-once one, and verify still passes. In weight
+    space the batch-norm layers' own per-example vjps and jvps are the chunked ones."""
     algos = "".join(
         f"\nalgorithm {n} {{\n  estimator = project(target = global, guess = local, "
-        f"space = activity, granularity = sample{c})\n}}\n"
+        f"space = {space}, granularity = sample{c})\n}}\n"
         for n, c in (("once", ", chunk = 8"), ("pairs", ", chunk = 2")))
     p = loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos))
     plan = p.plan("pairs")

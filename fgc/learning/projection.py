@@ -160,11 +160,11 @@ class _Projection(PassRule):
             t = jax.tree_util.tree_map(lambda a: a * _bcast(e, a), tangent)
             return jax.jvp(f, (zeros,), (t,))[1].sum() / batch
         eye = jnp.eye(batch, dtype=jax.tree_util.tree_leaves(tangent)[0].dtype)
-        # Each of these jvps carries the whole batch's tangents through the target pass,
-        # so all B at once need B x its memory (35 GB for ResNet-18 at batch 128); a few
-        # at a time bound it, and the products are the same.
-        chunk = self.estimator.chunk or COUPLED_CHUNK
-        return jax.vmap(one)(eye) if chunk >= batch else jax.lax.map(one, eye, batch_size=chunk)
+        return map_examples(one, (eye,), self.chunk)
+
+    @property
+    def chunk(self) -> int:
+        return self.estimator.chunk or COUPLED_CHUNK
 
     def guess_net(self, net, u: Unit, key):
         """The network whose heads the guess of ``u`` reads: re-drawn (``ntk``), the fixed
@@ -278,21 +278,34 @@ def _layer_fn(layer, train: bool):
     return p, f
 
 
-def per_example_vjp(layer, args, cot, train: bool, batched: bool):
+def map_examples(fn, xs: tuple, chunk: int):
+    """``fn`` over the leading (example) axis of ``xs``, ``chunk`` examples at a time.
+
+    Where examples are coupled (batch statistics), each example's jvp or vjp carries the
+    whole batch, so all B at once need B x its memory (35 GB for ResNet-18 at batch 128);
+    a few at a time bound it, and the results are the same."""
+    batch = jax.tree_util.tree_leaves(xs)[0].shape[0]
+    if chunk >= batch:
+        return jax.vmap(fn)(*xs)
+    return jax.lax.map(lambda a: fn(*a), xs, batch_size=chunk)
+
+
+def per_example_vjp(layer, args, cot, train: bool, batched: bool, chunk: int = COUPLED_CHUNK):
     """``(∂y_n/∂p)ᵀ cot_n`` for every example n: per-example parameter gradients, each
     leaf with a leading batch axis."""
     p, f = _layer_fn(layer, train)
     if batched:  # the layer mixes examples: evaluate it on the batch, read example n
         def one(n, c):
             return jax.vjp(lambda q: f(q, *args)[n], p)[1](c)[0]
-        return jax.vmap(one)(jnp.arange(cot.shape[0]), cot)
+        return map_examples(one, (jnp.arange(cot.shape[0]), cot), chunk)
 
     def single(a, c):
         return jax.vjp(lambda q: f(q, *[ai[None] for ai in a])[0], p)[1](c)[0]
     return jax.vmap(single)(list(args), cot)
 
 
-def per_example_jvp(layer, args, tangent, train: bool, batched: bool):
+def per_example_jvp(layer, args, tangent, train: bool, batched: bool,
+                    chunk: int = COUPLED_CHUNK):
     """``(∂y_n/∂p) tangent_n`` for every example n: the output tangent of per-example
     parameter tangents (each leaf with a leading batch axis)."""
     p, f = _layer_fn(layer, train)
@@ -301,7 +314,7 @@ def per_example_jvp(layer, args, tangent, train: bool, batched: bool):
 
         def one(n, t):
             return jax.jvp(lambda q: f(q, *args)[n], (p,), (t,))[1]
-        return jax.vmap(one)(jnp.arange(b), tangent)
+        return map_examples(one, (jnp.arange(b), tangent), chunk)
 
     def single(a, t):
         return jax.jvp(lambda q: f(q, *[ai[None] for ai in a])[0], (p,), (t,))[1]
@@ -359,7 +372,7 @@ class WeightProjection(_Projection):
             else:
                 gam = self.guess_grads(u, net, x, labels, values, u.params, k)
                 guess = {n: (per_example_vjp(net.layers[n], args[n], gam[n], guess_train,
-                                             n in self.batched) if per_sample else
+                                             n in self.batched, self.chunk) if per_sample else
                              batch_vjp(net.layers[n], args[n], gam[n], guess_train))
                          for n in u.params}
             zeros = {n: jnp.zeros_like(values[n]) for n in u.params}
@@ -370,8 +383,9 @@ class WeightProjection(_Projection):
                     leaves = jax.tree_util.tree_leaves(guess[n])
                     for j in range(len(leaves)):
                         g_j = _only(guess[n], j)
-                        t = (per_example_jvp(net.layers[n], args[n], g_j, True, n in self.batched)
-                             if per_sample else batch_jvp(net.layers[n], args[n], g_j, True))
+                        t = (per_example_jvp(net.layers[n], args[n], g_j, True,
+                                             n in self.batched, self.chunk) if per_sample
+                             else batch_jvp(net.layers[n], args[n], g_j, True))
                         dot[n, j] = self.dot(lambda d, f=f, n=n: f({n: d}), zeros[n], t,
                                              n in u.coupled_params, per_sample)
                         sq[n, j] = _sq(leaves[j], 1 if per_sample else 0)
