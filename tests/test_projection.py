@@ -198,3 +198,18 @@ def test_chunk_of_a_projection_must_be_a_positive_integer():
              "granularity = sample, chunk = 0)\n}\n")
     with pytest.raises(FgError, match="chunk must be an integer"):
         loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos))
+
+
+def test_the_chunk_flag_sets_a_projection_chunk_and_tangents_are_refused():
+    """``--chunk`` (train, diagnose, verify) reaches project(...)'s per-example jvps;
+    ``--tangents`` has nothing to set there and says so."""
+    from fgc.training.train import TrainingError, with_estimator
+    algos = ("\nalgorithm g {\n  estimator = project(guess = local, space = activity, "
+             "granularity = sample)\n}\n")
+    plan = loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos)).plan("g")
+    new = with_estimator(plan, chunk=3)
+    chunks = {new.estimator_of(g).chunk for g in set(new.assignment.values())
+              if new.estimator_of(g).kind == "project"}
+    assert chunks == {3}
+    with pytest.raises(TrainingError, match="--tangents sets the forward-gradient"):
+        with_estimator(plan, tangents=4, chunk=3)

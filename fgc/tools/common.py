@@ -45,7 +45,8 @@ def add_aggregate_arguments(parser, *, many: bool = False) -> None:
                             f"({names}; default: the algorithm's)")
     parser.add_argument("--chunk", type=int_at_least(1), metavar="C",
                         help="evaluate the K tangents C at a time (memory grows with C, not "
-                        "K; the estimates are the same)")
+                        "K; the estimates are the same); for project(...) algorithms, the "
+                        "per-example jvps that batch statistics couple, C at a time")
 
 
 def aggregate_list(text: str) -> tuple[str, ...]:

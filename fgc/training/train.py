@@ -288,7 +288,8 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
     """The plan with every forward-gradient estimator changed: ``tangents`` per step,
     ``credit`` rule (:data:`fgc.front.config.CREDIT`), ``aggregate`` (a registered
     aggregation, :mod:`fgc.learning.aggregate`), ``chunk`` (tangents evaluated at once,
-    at most K); ``None`` keeps the algorithm's."""
+    at most K; for ``project(...)``, the per-example jvps run at once); ``None`` keeps the
+    algorithm's."""
     from fgc.front.config import CREDIT, aggregations
     if tangents is not None and tangents < 1:
         raise ValueError(f"tangents must be a positive integer, got {tangents}")
@@ -301,19 +302,23 @@ def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | Non
         raise ValueError(f"chunk must be a positive integer, got {chunk}")
     changes = {k: v for k, v in (("tangents", tangents), ("credit", credit),
                                  ("aggregate", aggregate), ("chunk", chunk)) if v is not None}
-    if changes and not any(plan.estimator_of(plan.assignment[n]).kind == "forward"
-                           for n in plan.assignment):
-        flags = " and ".join(f"--{k}" for k in changes)
+    kinds = {plan.estimator_of(g).kind for g in set(plan.assignment.values())}
+    # A projection has a chunk of its own (per-example jvps at once), nothing else here.
+    unused = [k for k in changes if "forward" not in kinds
+              and not (k == "chunk" and "project" in kinds)]
+    if unused:
+        flags = " and ".join(f"--{k}" for k in unused)
         how = ("projects onto gradient guesses (project(...): one guess per step, no credit "
-               "rule)" if any(plan.estimator_of(g).kind == "project"
-                             for g in set(plan.assignment.values()))
+               "rule)" if "project" in kinds
                else "trains every parameter by backprop or feedback alignment")
-        raise TrainingError(f"{flags} set{'s' if len(changes) == 1 else ''} the forward-gradient "
+        raise TrainingError(f"{flags} set{'s' if len(unused) == 1 else ''} the forward-gradient "
                             f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` {how}; "
                             "drop the flag or pick a forward-gradient algorithm "
                             "(e.g. --algorithm lg-fg-a)")
 
     def fix(est):
+        if est is not None and est.kind == "project" and chunk is not None:
+            return replace(est, chunk=chunk)
         if est is None or est.kind != "forward":
             return est
         new = replace(est, **changes)
