@@ -213,3 +213,37 @@ def test_the_chunk_flag_sets_a_projection_chunk_and_tangents_are_refused():
     assert chunks == {3}
     with pytest.raises(TrainingError, match="--tangents sets the forward-gradient"):
         with_estimator(plan, tangents=4, chunk=3)
+
+
+@pytest.mark.parametrize("guess,granularity,target", [
+    ("local", "sample", "global"), ("random", "block", "global"), ("ntk", "sample", "local"),
+    ("above", "block", "above"), ("global", "sample", "global")])
+def test_recomputing_block_by_block_gives_the_same_update(guess, granularity, target):
+    """recompute = true keeps only what crosses blocks and runs each unit in turn; with
+    batch norm coupling the examples, its update equals the plain projection's (same key,
+    same noise), and verify passes on it."""
+    algos = "".join(
+        f"\nalgorithm {n} {{\n  estimator = project(target = {target}, guess = {guess}, "
+        f"space = activity, granularity = {granularity}{r})\n}}\n"
+        for n, r in (("plain", ""), ("lean", ", recompute = true")))
+    p = loads(guess_blocks(blocks=3, batchnorm=True, algorithms=algos))
+    assert "recompute" in p.plan("lean").estimator_of(
+        next(g for g in set(p.plan("lean").assignment.values())
+             if p.plan("lean").estimator_of(g).kind == "project")).describe()
+    plain, lean = _grads(p.plan("plain")), _grads(p.plan("lean"))
+    assert sum(a.size for n in plain for a in plain[n]) > 0
+    assert plain.keys() == lean.keys()
+    for n in plain:
+        for a, b in zip(plain[n], lean[n]):
+            np.testing.assert_allclose(b, a, rtol=1e-9, atol=1e-12, err_msg=n)
+    assert verify_plan(p.plan("lean"), samples=1, batch_size=5).ok
+
+
+@pytest.mark.parametrize("args,message", [
+    ("space = weights, granularity = sample, recompute = true", "needs space = activity"),
+    ("space = activity, granularity = global, recompute = true", "granularity of sample or block"),
+    ("space = activity, granularity = block, recompute = 1", "recompute must be true or false")])
+def test_recompute_is_for_block_by_block_activity_projections(args, message):
+    algos = f"\nalgorithm bad {{\n  estimator = project(guess = local, {args})\n}}\n"
+    with pytest.raises(FgError, match=message):
+        loads(guess_blocks(blocks=2, batchnorm=True, algorithms=algos))

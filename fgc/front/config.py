@@ -50,6 +50,7 @@ class Estimator:
     eps: float = 1e-12
     guess_bn: str = "eval"
     chunk: int | None = None  # tangents evaluated at once (None: all K)
+    recompute: bool = False  # project(...) only: keep only what crosses blocks
 
     def describe(self) -> str:
         if self.kind == "backprop":

@@ -28,7 +28,8 @@ GRANULARITY = {  # space -> the granularities it accepts
 }
 NOISE = ("gaussian", "rademacher")
 GUESS_BN = ("eval", "train")
-ARGS = ("target", "guess", "space", "granularity", "noise", "eps", "guess_bn", "chunk")
+ARGS = ("target", "guess", "space", "granularity", "noise", "eps", "guess_bn", "chunk",
+        "recompute")
 REQUIRED = ("guess", "space", "granularity")
 
 
@@ -37,6 +38,7 @@ def describe(est) -> str:
     eps = "" if est.eps == 1e-12 else f", eps={est.eps:g}"
     bn = "" if est.guess_bn == "eval" else f", guess_bn={est.guess_bn}"
     bn += "" if est.chunk is None else f", chunk={est.chunk}"
+    bn += ", recompute" if est.recompute else ""
     return (f"project({est.target} onto {est.guess}{noise}, {est.space}, "
             f"per {est.granularity}{eps}{bn})")
 
@@ -113,6 +115,19 @@ def project_from(v: S.Call, d: Diags):
         ok = ok and n is not None
         if n is not None:
             out["chunk"] = n
+    if "recompute" in kw:
+        r = kw["recompute"]
+        if not isinstance(r, S.Bool):
+            d.add("E206", "recompute must be true or false", r.span)
+            ok = False
+        elif r.value and "space" in out and "granularity" in out and (
+                out["space"] != "activity" or out["granularity"] == "global"):
+            d.add("E206", "recompute = true runs the projection one block at a time, so it "
+                  "needs space = activity and a granularity of sample or block", r.span,
+                  "drop recompute, or write space = activity, granularity = block")
+            ok = False
+        else:
+            out["recompute"] = r.value
     if not ok:
         return None
     out.setdefault("target", "global")

@@ -263,6 +263,12 @@ class ActivityProjection(_Projection):
             p["hat"] = (_bcast(s, p["guess"]) if per_sample else s) * p["guess"]
         return out
 
+    def run(self, params, static, x, labels, key):
+        if self.estimator.recompute:  # one block's working set at a time
+            from fgc.learning.recompute import run_recomputing
+            return run_recomputing(self, params, static, x, labels, key)
+        return super().run(params, static, x, labels, key)
+
     def finish(self, params, static, x, labels, values, parts):
         cot = {u.output: p["hat"] for u, p in zip(self.units, parts)}
         return self._heads_and(params, static, x, labels, values, cot)
