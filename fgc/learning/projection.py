@@ -139,12 +139,13 @@ class _Projection(PassRule):
 
         return net.forward(x, labels, intercept=hook, train=train).losses
 
-    def _target(self, u: Unit, net, x, labels, values, nodes):
-        """``δ ↦`` per-example target losses with ``δ[n]`` added at ``nodes``."""
+    def _target(self, u: Unit, net, x, labels, values, nodes, linearise: bool = True):
+        """``δ ↦`` per-example target losses with ``δ[n]`` added at ``nodes`` (what lies
+        downstream linearised at ``values``, or recomputed with its primal)."""
         live = self._down(*nodes) | (set(nodes) - {u.output})
 
         def f(add):
-            ls = self._rerun(net, x, labels, values, live, add, True, True)
+            ls = self._rerun(net, x, labels, values, live, add, True, linearise)
             return sum(per_example(ls[l]) for l in u.target_losses)
         return f
 
@@ -241,19 +242,8 @@ class ActivityProjection(_Projection):
         ``hat`` (ĝ at the block output)."""
         est = self.estimator
         per_sample = est.granularity == "sample"
-        out = []
-        for i, u in enumerate(self.units):
-            k = jax.random.fold_in(key, i)
-            a = values[u.output]
-            if u.guess == "random":
-                guess = sample_noise(est.noise, k, a.shape, a.dtype)
-            else:
-                guess = self.guess_grads(u, net, x, labels, values, (u.output,), k)[u.output]
-            f = self._target(u, net, x, labels, values, (u.output,))
-            dot = self.dot(lambda d, f=f, n=u.output: f({n: d}), jnp.zeros_like(a), guess,
-                           u.coupled, per_sample)
-            sq = _sq(guess, 1) if per_sample else jnp.sum(jnp.square(guess))
-            out.append({"guess": guess, "dot": dot, "sq": sq})
+        out = [self.unit_product(u, net, x, labels, values, jax.random.fold_in(key, i))
+               for i, u in enumerate(self.units)]
         if est.granularity == "global":
             s = project(sum(p["dot"] for p in out), sum(p["sq"] for p in out), est.eps)
             scales = [s] * len(out)
@@ -268,6 +258,21 @@ class ActivityProjection(_Projection):
             from fgc.learning.recompute import run_recomputing
             return run_recomputing(self, params, static, x, labels, key)
         return super().run(params, static, x, labels, key)
+
+    def unit_product(self, u: Unit, net, x, labels, values, key, linearise: bool = True):
+        """Unit ``u``'s ``guess`` (at its output), ``dot`` = ``⟨G, G̃⟩`` and ``sq`` =
+        ``‖G̃‖²``, per example or over the batch as the granularity says."""
+        per_sample = self.estimator.granularity == "sample"
+        a = values[u.output]
+        if u.guess == "random":
+            guess = sample_noise(self.estimator.noise, key, a.shape, a.dtype)
+        else:
+            guess = self.guess_grads(u, net, x, labels, values, (u.output,), key)[u.output]
+        f = self._target(u, net, x, labels, values, (u.output,), linearise)
+        dot = self.dot(lambda d: f({u.output: d}), jnp.zeros_like(a), guess, u.coupled,
+                       per_sample)
+        sq = _sq(guess, 1) if per_sample else jnp.sum(jnp.square(guess))
+        return {"guess": guess, "dot": dot, "sq": sq}
 
     def finish(self, params, static, x, labels, values, parts):
         cot = {u.output: p["hat"] for u, p in zip(self.units, parts)}

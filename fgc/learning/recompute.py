@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 
 from fgc.learning.blockwise import _after
-from fgc.learning.estimators import PassResult, sample_noise
+from fgc.learning.estimators import PassResult
 
 __all__ = ["run_recomputing"]
 
@@ -64,7 +63,7 @@ def _segment_grads(net, params, static, x, cur, segment: frozenset, output: str,
 def run_recomputing(rule, params, static, x, labels, key) -> PassResult:
     """One step of ``rule`` (an activity projection, granularity sample or block),
     holding one unit's working set at a time; same gradients as ``rule`` 's plain run."""
-    from fgc.learning.projection import _bcast, _sq, per_example, project
+    from fgc.learning.projection import _bcast, project
     net = eqx.combine(params, static)
     first = net.forward(x, labels, keep_values=True)
     values = first.values
@@ -79,21 +78,10 @@ def run_recomputing(rule, params, static, x, labels, key) -> PassResult:
              for i in range(len(lives))]
     cur = dict(values)
     for i, u in enumerate(rule.units):
-        k = jax.random.fold_in(key, i)
-        a = cur[u.output]
-        if u.guess == "random":
-            guess = sample_noise(est.noise, k, a.shape, a.dtype)
-        else:
-            guess = rule.guess_grads(u, net, x, labels, cur, (u.output,), k)[u.output]
-        live = rule._down(u.output)
-
-        def target(d, u=u, live=live):
-            ls = rule._rerun(net, x, labels, cur, live, {u.output: d}, True, False)
-            return sum(per_example(ls[l]) for l in u.target_losses)
-        dot = rule.dot(target, jnp.zeros_like(a), guess, u.coupled, per_sample)
-        sq = _sq(guess, 1) if per_sample else jnp.sum(jnp.square(guess))
-        s = project(dot, sq, est.eps)
-        hat = (_bcast(s, guess) if per_sample else s) * guess
+        q = rule.unit_product(u, net, x, labels, cur, jax.random.fold_in(key, i),
+                              linearise=False)
+        s = project(q["dot"], q["sq"], est.eps)
+        hat = (_bcast(s, q["guess"]) if per_sample else s) * q["guess"]
         seg = _segment_grads(net, params, static, x, cur, frozenset(u.segment), u.output, hat)
         mine = {jax.tree_util.keystr(p): g for p, g in
                 jax.tree_util.tree_flatten_with_path(seg)[0]}
