@@ -7,6 +7,10 @@ The public API, by stage::
     plan = prog.plan("lg-fg-a")                         # an algorithm applied to it
 """
 
+from fgc import xla_flags  # noqa: I001 (first: its flags must precede jax)
+
+xla_flags.apply()  # before anything starts jax's backend
+
 from fgc.front.config import Algorithm, Estimator, ParamGroup, TrainConfig, presets
 from fgc.errors import (CheckpointError, DataError, Diagnostic, FgError, LoweringError, Span,
                         SpecError, TrainingError)

@@ -10,6 +10,7 @@ os.environ["XLA_FLAGS"] = " ".join(filter(None, [
     os.environ.get("XLA_FLAGS"), "--xla_backend_optimization_level=0",
     "--xla_llvm_disable_expensive_passes=true"]))
 
+import fgc  # noqa: E402,F401  (its XLA flags, fgc/xla_flags.py, before jax's backend starts)
 import jax  # noqa: E402
 import pytest
 

@@ -248,3 +248,15 @@ def test_every_spec_in_the_corpus_has_both_estimators(path):
     for name in ("fg-a", "lg-fg-w"):
         plans, missing = _variant_plans(prog, prog.plan(name), name)
         assert set(plans) == {"activity", "weights"} and missing == {}
+
+
+def test_a_non_finite_draw_is_an_error_not_null_statistics():
+    """A NaN estimate used to leave every statistic ``null`` without a word."""
+    import numpy as np
+
+    from fgc.tools.diagnose.base import DiagnoseError, finite_draws
+    d = np.ones((4, 3, 3))
+    assert finite_draws(d, "x").shape == (4, 3, 3)
+    d[2, 1, 0] = np.nan
+    with pytest.raises(DiagnoseError, match="1 of 4 draws of the mean estimate"):
+        finite_draws(d, "the mean estimate")

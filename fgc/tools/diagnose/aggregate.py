@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TANGENTS,
-                                     DEFAULT_WARMUP, DiagnoseError, _block_label,
+                                     DEFAULT_WARMUP, DiagnoseError, _block_label, finite_draws,
                                      _subtitle, _target_words)
 from fgc.tools.diagnose.report import write_result
 
@@ -142,7 +142,8 @@ def diagnose_aggregations(spec, algorithm: str | None = None, *,
                     for i in range(L):
                         s1[i] += np.asarray(a1[i], np.float64)
                         s2[i] += np.asarray(a2[i], np.float64)
-                    dots[a][ki, b, start:start + c] = np.asarray(d, np.float64)
+                    dots[a][ki, b, start:start + c] = finite_draws(
+                        d, f"the {a} estimate (batch {b + 1}, K={k})")
                 var[a][ki, b] = [float((q - p * p / draws).sum() / (draws - 1))
                                  for p, q in zip(s1, s2)]
             log(f"batch {b + 1}/{batches} · {a} · K={','.join(map(str, ks))} · {draws} draws · "

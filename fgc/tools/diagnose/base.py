@@ -42,3 +42,19 @@ def _target_words(r: dict) -> str:
     if r["target"] == "global":
         return "the final-loss gradient" + ("" if r["greedy"] else " (= end to end)")
     return "its local-loss gradient" + (" (greedy)" if r["greedy"] else "")
+
+
+def finite_draws(d, what: str):
+    """``d`` (the draws' dot products) as float64, or DiagnoseError when an estimate came
+    out NaN or infinite: every statistic of it would be silently empty (``null``)."""
+    import numpy as np
+    d = np.asarray(d, np.float64)
+    bad = ~np.isfinite(d).reshape(d.shape[0], -1).all(axis=1)
+    if bad.any():
+        raise DiagnoseError(
+            f"{int(bad.sum())} of {d.shape[0]} draws of {what} came out NaN or infinite, so "
+            "no statistic of them means anything; check that the algorithm trains at this "
+            "batch size (fgc train --steps 20), and report it if it does: a step that is "
+            "finite alone and not here is a bug")
+    return d
+

@@ -14,7 +14,8 @@ import numpy as np
 from fgc.errors import SpecError
 from fgc.tools.common import gib, load_program
 from fgc.tools.diagnose.base import (DEFAULT_BATCHES, DEFAULT_DRAWS, DEFAULT_TANGENTS,
-                                     DEFAULT_WARMUP, KINDS, _LABEL, DiagnoseError)
+                                     DEFAULT_WARMUP, KINDS, _LABEL, DiagnoseError,
+                                     finite_draws)
 from fgc.tools.diagnose.core import (_draws_fn, _grad_fn, _per_example_fn, build_rule,
                                      end_to_end_net)
 from fgc.tools.diagnose.setup import (_batch_stream, _check_settings, _dataset, _plan,
@@ -356,7 +357,8 @@ def _draw(probe: _Probe, s: _Sums, kind: str, ki: int, b: int, net, x, y, true, 
         for i in range(len(leaves)):
             s1[i] += np.asarray(a1[i], np.float64)
             s2[i] += np.asarray(a2[i], np.float64)
-        s.dots[kind][ki, b, start:start + c] = np.asarray(d, np.float64)
+        s.dots[kind][ki, b, start:start + c] = finite_draws(
+            d, f"the {_LABEL[kind]} estimate (batch {b + 1}, K={k})")
     s.var[kind][ki, b] = [float((q - p * p / draws).sum() / (draws - 1))
                           for p, q in zip(s1, s2)]
 
