@@ -1,10 +1,10 @@
 """XLA flags fgc sets before jax starts its backend (a user's own ``XLA_FLAGS`` win).
 
-jaxlib 0.10's XLA:CPU miscompiles some of fgc's programs when it fuses them into YNNPACK
-kernels (``--xla_cpu_experimental_ynn_fusion_type``, on by default there): LG-FG-A on
-LocalMixer M/1/16 at batch 512, or 8 vmapped draws of it at batch 64 (``fgc diagnose``),
-comes out NaN in most runs, the same step with those fusions off is finite every time, and
-so is backprop (BENCHMARKS.md §7). The flag is set only for the jaxlib versions known to
+jaxlib 0.10's XLA:CPU miscompiles some of fgc's programs in its YNNPACK fusions: LG-FG-A
+on LocalMixer M/1/16 at batch 512, or 8 vmapped draws of it at batch 64 (``fgc diagnose``),
+comes out NaN in most runs, while with ``--xla_cpu_experimental_ynn_fusion_type=`` (an
+empty list of YNN fusion types) the same step is finite every time, as backprop is
+(BENCHMARKS.md §7). The flag is set only for the jaxlib versions known to
 have it: XLA aborts on a flag it does not know.
 """
 
