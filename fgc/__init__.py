@@ -7,7 +7,7 @@ The public API, by stage::
     plan = prog.plan("lg-fg-a")                         # an algorithm applied to it
 """
 
-from fgc import xla_flags  # noqa: I001 (first: its flags must precede jax)
+from fgc import xla_flags  # first: its flags must reach XLA before jax's backend starts
 
 xla_flags.apply()  # before anything starts jax's backend
 

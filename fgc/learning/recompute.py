@@ -26,14 +26,10 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
-from fgc.learning.blockwise import _after
+from fgc.learning.blockwise import _after, _node
 from fgc.learning.estimators import PassResult
 
 __all__ = ["run_recomputing"]
-
-
-def _node(path) -> str:
-    return path[1].key  # paths into a network's arrays: (.layers, [node id], .param)
 
 
 def _reads(steps: dict, live: set) -> set:
