@@ -57,4 +57,3 @@ def finite_draws(d, what: str):
             "batch size (fgc train --steps 20), and report it if it does: a step that is "
             "finite alone and not here is a bug")
     return d
-
