@@ -37,21 +37,27 @@ if TYPE_CHECKING:
     from fgc.learning.estimators import PassRule
     from fgc.plan.pieces import Piece
 
-__all__ = ["hold", "own_params", "run_pieces"]
+__all__ = ["hold", "own_params", "partition_nodes", "run_pieces"]
 
 
 def _node(path) -> str:
     return path[1].key  # paths into a network's arrays: (.layers, [node id], .param)
 
 
-def own_params(params: PyTree, piece: Piece | None) -> tuple[PyTree, PyTree | None]:
-    """``(own, rest)``: the parameters of ``piece``'s nodes and the others (None leaves
-    where they do not belong); the whole network's are all ``own`` (``rest`` None)."""
-    if piece is None:
-        return params, None
-    nodes = set(piece.nodes)
+def partition_nodes(params: PyTree, nodes) -> tuple[PyTree, PyTree]:
+    """``(own, rest)``: the parameters of ``nodes`` and the others (None leaves where
+    they do not belong)."""
+    nodes = set(nodes)
     return eqx.partition(params, jax.tree_util.tree_map_with_path(
         lambda path, _: _node(path) in nodes, params))
+
+
+def own_params(params: PyTree, piece: Piece | None) -> tuple[PyTree, PyTree | None]:
+    """``(own, rest)``: the parameters of ``piece``'s nodes and the others; the whole
+    network's are all ``own`` (``rest`` None)."""
+    if piece is None:
+        return params, None
+    return partition_nodes(params, piece.nodes)
 
 
 def _not_folded_zero(tree) -> Array:

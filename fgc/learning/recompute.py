@@ -26,7 +26,7 @@ from __future__ import annotations
 import equinox as eqx
 import jax
 
-from fgc.learning.blockwise import _after, _node
+from fgc.learning.blockwise import _after, partition_nodes
 from fgc.learning.estimators import PassResult
 
 __all__ = ["run_recomputing"]
@@ -40,8 +40,7 @@ def _reads(steps: dict, live: set) -> set:
 def _segment_grads(net, params, static, x, cur, segment: frozenset, output: str, cot):
     """The gradients of ``segment``'s parameters from ``cot`` at ``output``, by a backward
     through the segment alone, recomputed from its inputs (read from ``cur``, stopped)."""
-    mask = jax.tree_util.tree_map_with_path(lambda path, _: _node(path) in segment, params)
-    own, rest = eqx.partition(params, mask)
+    own, rest = partition_nodes(params, segment)
 
     def seg(step, apply, args):
         if step.id not in segment:
