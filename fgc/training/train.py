@@ -1,9 +1,8 @@
-"""Training: optimizers per parameter group, the jit-compiled step, and the run loop.
+"""Training: the jit-compiled step and the run loop.
 
-The pieces compose without the loop: :func:`make_optimizer` builds one optax
-transformation from a plan (``optax.partition`` over the parameter groups, each
-with its optimizer, learning-rate multiplier, schedule and weight decay on
-weights only), :func:`make_step` one jit-compiled step (the estimator of
+The pieces compose without the loop: :func:`fgc.training.prepare.prepare` turns a spec
+into a :class:`~fgc.training.prepare.Run` (its optimizer from
+:func:`fgc.training.optimizers.make_optimizer`), :func:`make_step` one jit-compiled step (the estimator of
 :mod:`fgc.learning.estimators` plus the optax update, buffers donated), and
 :func:`train` the whole run with metrics, checkpoints and resume (its loop calls the same
 step as a :class:`fgc.training.flat_step.FlatStep`, fed by
@@ -19,13 +18,11 @@ Example:
 
 from __future__ import annotations
 
-import functools
 import itertools
 import math
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,95 +31,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jaxtyping import Array, PyTree
+from jaxtyping import Array
 
 from fgc.training import checkpoint, runs
-from fgc.front.config import Call, TrainConfig
 from fgc.training.flat_step import FlatStep
-from fgc.training.data import (Dataset, iterate_batches, load_dataset, num_batches,
-                               prefetch_to_device)
+from fgc.training.data import Dataset, iterate_batches, prefetch_to_device
+from fgc.training.optimizers import make_optimizer, make_schedule, param_group_labels
+from fgc.training.prepare import Run, input_stats, prepare, with_estimator
 from fgc.training.views import make_views
-from fgc.errors import CheckpointError, DataError, FgError, TrainingError, plural
+from fgc.errors import TrainingError, plural
 from fgc.learning.estimators import UpdateRule
-from fgc.lowering.lower import Network, count_params, lower, trainable
-from fgc.lowering.modules import with_precision
+from fgc.lowering.lower import Network, count_params, trainable
 
-if False:  # typing only
-    from fgc.plan.program import Plan, Program
-
-__all__ = ["Run", "evaluate", "with_estimator", "make_optimizer", "make_schedule", "make_step",
-           "param_group_labels", "prepare", "step_body", "train"]
-
-
-# --- optimizers ------------------------------------------------------------------------------
-
-def make_schedule(call: Call, base_lr: float, steps_per_epoch: int, epochs: int) -> optax.Schedule:
-    """An optax schedule from the spec's ``schedule = ...`` (steps count optimizer steps).
-
-    ``linear(end)`` decays linearly to ``end × base_lr`` over the run;
-    ``cosine(warmup_epochs, end)`` warms up linearly then follows a cosine to
-    ``end × base_lr``; ``step(every, factor)`` multiplies by ``factor`` every
-    ``every`` epochs; ``constant`` keeps ``base_lr``.
-    """
-    kw = call.as_dict()
-    total = max(1, steps_per_epoch * epochs)
-    if call.name == "constant":
-        return optax.constant_schedule(base_lr)
-    if call.name == "linear":
-        return optax.linear_schedule(base_lr, base_lr * float(kw.get("end", 0.0)), total)
-    if call.name == "cosine":
-        warm = int(round(float(kw.get("warmup_epochs", 0)) * steps_per_epoch))
-        return optax.warmup_cosine_decay_schedule(0.0, base_lr, min(warm, total - 1), total,
-                                                  base_lr * float(kw.get("end", 0.0)))
-    if call.name == "step":
-        every = max(1, int(round(float(kw.get("every", 30)) * steps_per_epoch)))
-        return optax.exponential_decay(base_lr, every, float(kw.get("factor", 0.1)), staircase=True)
-    raise ValueError(f"unknown schedule `{call.name}`")
-
-
-def _node_of(path) -> str:
-    return path[1].key  # (.layers, [node id], .param)
-
-
-def _is_weight(path) -> bool:
-    return getattr(path[-1], "name", None) == "weight"
-
-
-def param_group_labels(params: PyTree, plan: Plan, decay_all: bool = False) -> PyTree[str]:
-    """``GROUP/decay`` for weights and kernels, ``GROUP/plain`` for biases and norm
-    parameters (``decay_all``: every parameter is ``decay``, as torch's SGD does): the
-    labels of :func:`make_optimizer`'s ``optax.partition``."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, _: f"{plan.assignment[_node_of(path)]}/"
-                        f"{'decay' if decay_all or _is_weight(path) else 'plain'}", params)
-
-
-def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int
-                   ) -> tuple[optax.GradientTransformation, dict[str, optax.Schedule]]:
-    """One optax transformation for every parameter group of a plan.
-
-    Each group gets its optimizer (the group's own or the ``train`` one), its
-    learning rate times ``lr_scale`` under the run's schedule, and weight decay
-    (the group's or the run's) on weights only, applied to the gradient before
-    the optimizer as in the released code.
-
-    Returns:
-      ``(transformation, schedules)``: schedules maps group name → learning
-      rate as a function of the step, for logging.
-    """
-    transforms, schedules = {}, {}
-    for name, grp in plan.groups.items():
-        call = grp.optimizer or train.optimizer
-        kw = call.as_dict()
-        lr = float(kw.pop("learning_rate", 0.01)) * grp.lr_scale
-        sched = make_schedule(train.schedule, lr, steps_per_epoch, train.epochs)
-        schedules[name] = sched
-        opt = getattr(optax, call.name)(learning_rate=sched, **kw)
-        wd = train.weight_decay if grp.weight_decay is None else grp.weight_decay
-        transforms[f"{name}/plain"] = opt
-        transforms[f"{name}/decay"] = optax.chain(optax.add_decayed_weights(wd), opt) if wd else opt
-    labels = functools.partial(param_group_labels, plan=plan, decay_all=train.decay_on == "all")
-    return optax.partition(transforms, labels), schedules
+# prepare's and optimizers' names stay importable from here, where they used to live
+__all__ = ["Run", "evaluate", "input_stats", "with_estimator", "make_optimizer", "make_schedule",
+           "make_step", "param_group_labels", "prepare", "step_body", "train"]
 
 
 # --- the step --------------------------------------------------------------------------------
@@ -196,156 +119,6 @@ def evaluate(net: Network, x: np.ndarray, y: np.ndarray, batch_size: int = 1000)
 
 
 # --- a run -----------------------------------------------------------------------------------
-
-@dataclass
-class Run:
-    """Everything a training run is made of, before the loop starts."""
-
-    program: Program
-    plan: Plan
-    train: TrainConfig
-    data: Dataset
-    net: Network
-    rule: UpdateRule
-    tx: optax.GradientTransformation
-    schedules: dict[str, optax.Schedule]
-    steps_per_epoch: int
-    key: Array
-
-    def init_state(self):
-        return self.net, self.tx.init(eqx.filter(self.net, trainable(self.net)))
-
-
-def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None = None,
-            data_dir: str | None = None, tangents: int | None = None,
-            credit: str | None = None, aggregate: str | None = None,
-            chunk: int | None = None, **overrides) -> Run:
-    """Loads the spec and the data and builds the network, update rule and optimizer.
-
-    Args:
-      spec: a spec path or a loaded :class:`~fgc.plan.program.Program`.
-      algorithm: preset or spec algorithm name (default: the spec's ``train.algorithm``).
-      dataset: ``mnist``, ``cifar10``, an ``.npz`` path or a :class:`~fgc.training.data.Dataset`
-        (default: the spec's ``train.dataset``).
-      data_dir: where to look for the built-in datasets.
-      tangents: tangents per step for every forward-gradient estimator (default:
-        the algorithm's).
-      credit: credit rule of every forward-gradient estimator, ``exact`` or
-        ``ignore_norm`` (default: the algorithm's).
-      aggregate: how every forward-gradient estimator combines its tangents, a
-        registered aggregation (``mean``, ``sum``, ``orthogonal``; default: the algorithm's).
-      chunk: tangents every forward-gradient estimator evaluates at once (default: the
-        algorithm's, else all).
-      overrides: any :class:`~fgc.front.config.TrainConfig` field (``epochs``, ``batch_size``,
-        ``seed``, ...); ``None`` values are ignored.
-    """
-    from fgc.plan.program import load
-    prog = load(spec) if isinstance(spec, (str, os.PathLike)) else spec
-    cfg = replace(prog.train, **{k: v for k, v in overrides.items() if v is not None})
-    if algorithm is not None:
-        cfg = replace(cfg, algorithm=algorithm)
-    plan = prog.plan(cfg.algorithm)
-    if any(v is not None for v in (tangents, credit, aggregate, chunk)):
-        plan = with_estimator(plan, tangents=tangents, credit=credit, aggregate=aggregate,
-                              chunk=chunk)
-    if isinstance(dataset, Dataset):
-        data = dataset
-    else:
-        name = dataset or cfg.dataset
-        if name is None:
-            raise DataError("no dataset: the spec's train section names none; pass --dataset "
-                            "mnist, cifar10 or a path to an .npz file")
-        data = load_dataset(name, data_dir)
-    cfg = replace(cfg, dataset=data.name)
-    _check_data(prog, data)
-    if cfg.augment and data.x_train.ndim != 4:
-        raise DataError(f"augment = [...] needs images [N, H, W, C], got inputs of shape "
-                        f"{data.x_train.shape[1:]}")
-    steps = num_batches(len(data.x_train), cfg.batch_size, drop_last=True)
-    if steps == 0:
-        raise DataError(f"the training set has {len(data.x_train)} examples, fewer than one "
-                        f"batch of {cfg.batch_size}; lower --batch-size")
-    key = jax.random.key(cfg.seed)
-    net = lower(plan, jax.random.fold_in(key, 0), stats=input_stats(prog, data))
-    if cfg.precision != "default":  # how products are taken; the parameters stay float32
-        net = with_precision(net, cfg.precision)
-    rule = UpdateRule.build(plan, net)
-    tx, schedules = make_optimizer(plan, cfg, steps)
-    return Run(prog, plan, cfg, data, net, rule, tx, schedules, steps, key)
-
-
-def input_stats(prog: Program, data: Dataset) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """How the network normalises its inputs: with the statistics of the data it trains
-    on, unless the spec says ``normalize = none`` (then only uint8 is scaled to [0, 1])."""
-    if prog.graph.meta.get("normalize") == "none":
-        c = len(data.mean)
-        return (0.0,) * c, (1.0,) * c
-    return data.mean, data.std
-
-
-def with_estimator(plan: Plan, *, tangents: int | None = None, credit: str | None = None,
-                   aggregate: str | None = None, chunk: int | None = None) -> Plan:
-    """The plan with every forward-gradient estimator changed: ``tangents`` per step,
-    ``credit`` rule (:data:`fgc.front.config.CREDIT`), ``aggregate`` (a registered
-    aggregation, :mod:`fgc.learning.aggregate`), ``chunk`` (tangents evaluated at once,
-    at most K; for ``project(...)``, the per-example jvps run at once); ``None`` keeps the
-    algorithm's."""
-    from fgc.front.config import CREDIT, aggregations
-    if tangents is not None and tangents < 1:
-        raise ValueError(f"tangents must be a positive integer, got {tangents}")
-    if credit is not None and credit not in CREDIT:
-        raise ValueError(f"credit must be one of {', '.join(CREDIT)}, got {credit!r}")
-    if aggregate is not None and aggregate not in aggregations():
-        raise ValueError(f"aggregate must be one of {', '.join(aggregations())}, got "
-                         f"{aggregate!r}")
-    if chunk is not None and chunk < 1:
-        raise ValueError(f"chunk must be a positive integer, got {chunk}")
-    changes = {k: v for k, v in (("tangents", tangents), ("credit", credit),
-                                 ("aggregate", aggregate), ("chunk", chunk)) if v is not None}
-    kinds = {plan.estimator_of(g).kind for g in set(plan.assignment.values())}
-    # A projection has a chunk of its own (per-example jvps at once), nothing else here.
-    unused = [k for k in changes if "forward" not in kinds
-              and not (k == "chunk" and "project" in kinds)]
-    if unused:
-        flags = " and ".join(f"--{k}" for k in unused)
-        how = ("projects onto gradient guesses (project(...): one guess per step, no credit "
-               "rule)" if "project" in kinds
-               else "trains every parameter by backprop or feedback alignment")
-        raise TrainingError(f"{flags} set{'s' if len(unused) == 1 else ''} the forward-gradient "
-                            f"estimator, but algorithm `{plan.graph.meta.get('algorithm')}` {how}; "
-                            "drop the flag or pick a forward-gradient algorithm "
-                            "(e.g. --algorithm lg-fg-a)")
-
-    def fix(est):
-        if est is not None and est.kind == "project" and chunk is not None:
-            return replace(est, chunk=chunk)
-        if est is None or est.kind != "forward":
-            return est
-        new = replace(est, **changes)
-        if new.chunk is not None and new.chunk > new.tangents:
-            raise TrainingError(f"chunk {new.chunk} is more than the {new.tangents} "
-                                f"tangent{'s' if new.tangents != 1 else ''} of `{est.describe()}`"
-                                f"; pass --chunk between 1 and {new.tangents} (or more "
-                                "--tangents)")
-        return new
-
-    groups = {name: replace(g, estimator=fix(g.estimator)) for name, g in plan.groups.items()}
-    return replace(plan, algorithm=replace(plan.algorithm, estimator=fix(plan.algorithm.estimator)),
-                   groups=groups)
-
-
-def _check_data(prog: Program, data: Dataset) -> None:
-    shape = tuple(prog.graph.meta["input_shape"])
-    where = f"{prog.path}"
-    if data.image_shape != shape:
-        raise DataError(f"{data.name} ({data.source}) has examples of shape "
-                        f"{list(data.image_shape)}, but {where} declares input "
-                        f"{list(shape)}; use a spec for this dataset or fix `input ... = image(...)`")
-    classes = prog.graph.meta.get("classes")
-    if classes is not None and data.num_classes > classes:
-        raise DataError(f"{data.name} has {data.num_classes} classes but {where} declares "
-                        f"classes = {classes}")
-
 
 def _loss_name(loss_id: str) -> str:
     return loss_id.removeprefix("loss:")
