@@ -29,7 +29,7 @@ from fgc.errors import Diagnostic, Span, SpecError
 from fgc.front import syntax as S
 from fgc.graph.build import Diags, suggest
 
-from fgc.front.config import TRAIN_KEYS  # noqa: E402  (one list of train settings)
+from fgc.front.train_section import TRAIN_KEYS  # noqa: E402  (one list of train settings)
 ALGORITHM_KEYS = ("target", "greedy", "estimator")
 GROUP_KEYS = ("params", "lr_scale", "weight_decay", "estimator", "optimizer")
 CALL_KEYS = ("optimizer", "schedule", "estimator", "augment")  # settings whose value takes KEY.ARG

@@ -19,7 +19,8 @@ from fgc.graph import sizes
 from fgc.graph.check import build_and_check
 from fgc.front.consts import constants, resolve_section
 from fgc.front.config import (Algorithm, Estimator, ParamGroup, TrainConfig, algorithm_from,
-                        group_from, presets, train_from)
+                        group_from, presets)
+from fgc.front.train_section import train_from
 from fgc.errors import Diagnostic, SpecError, plural
 from fgc.graph.ir import Graph
 from fgc.plan.credit import RULES as CREDIT_RULES, CreditMap, credit_map
