@@ -290,7 +290,7 @@ def _edit_program(prog, o: Override, d: Diags) -> None:
             if algo is not None:
                 prog.algorithms[name] = algo
         return
-    from fgc.plan.program import default_groups
+    from fgc.plan.groups import default_groups
     defaults = {g.name: g for g in default_groups(prog.graph)}
     mine = {g.name: g for g in prog.groups}
     if name not in defaults and name not in mine:
