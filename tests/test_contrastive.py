@@ -227,6 +227,38 @@ def test_fgc_verify_passes_on_a_small_contrastive_spec(tmp_path, capsys):
     reports = json.loads(out.read_text())
     reports = reports if isinstance(reports, list) else reports.get("reports", [reports])
     assert all(r["ok"] for r in reports) and len(reports) == 1
+    assert not any(r["inconclusive"] for r in reports)
+
+
+def test_verify_calls_a_batch_of_one_example_inconclusive(tmp_path, capsys):
+    # Two views of one example: InfoNCE has no negatives and is constant, every
+    # forward-gradient reference is zero, and a "pass" would have compared zeros.
+    from fgc.tools.cli import main
+    report = verify_plan(fgc.loads(TWO_BLOCKS).plan("lg-fg-a"), samples=8, batch_size=2)
+    assert report.ok and report.inconclusive
+    assert all(l.zero for l in report.layers if l.check.startswith("mean"))
+    assert "verdict: inconclusive" in report.format() and "ok (zero)" in report.format()
+    path = tmp_path / "c.fg"
+    path.write_text(TWO_BLOCKS)
+    assert main(["verify", str(path), "--algorithm", "lg-fg-a", "--samples", "8",
+                 "--batch-size", "2"]) == 1
+    assert "inconclusive for lg-fg-a" in capsys.readouterr().err
+
+
+def test_a_contrastive_loss_refuses_a_batch_of_one_example():
+    from fgc.errors import TrainingError
+    from fgc.training.data import Dataset
+    from fgc.training.prepare import prepare
+    text = TWO_BLOCKS.replace("  views = 2\n", "  views = 2\n  batch_size = 1\n")
+    with pytest.raises(SpecError, match=r"E408.*batch_size 1.*constant") as e:
+        fgc.loads(text, "c.fg")
+    assert "c.fg:" in str(e.value) and "batch_size to 2 or more" in str(e.value)
+    rng = np.random.default_rng(0)
+    data = Dataset("tiny", rng.uniform(size=(8, 4, 4, 1)).astype(np.float32),
+                   rng.integers(0, 3, 8), rng.uniform(size=(4, 4, 4, 1)).astype(np.float32),
+                   rng.integers(0, 3, 4), 3, (0.5,), (0.3,), "generated")
+    with pytest.raises(TrainingError, match="--batch-size 2 or more"):
+        prepare(fgc.loads(TWO_BLOCKS), dataset=data, batch_size=1)
 
 
 def test_readout_is_the_classifier_and_bp_trains_from_the_contrastive_loss():

@@ -67,6 +67,8 @@ class LayerCheck:
       check: what it was compared with (the reference and how).
       expectation: ``c`` with ``E[estimate] = c·∇J`` by the estimator's aggregation
         (``K`` for ``sum``, else 1): the mean is compared with ``c`` times the reference.
+      zero: the reference gradient is zero up to round-off on this batch, so the check
+        compared the update with zero and says little about the rule.
     """
 
     node: str
@@ -79,9 +81,12 @@ class LayerCheck:
     ok: bool
     check: str = "allclose vs jax.grad of the reference"
     expectation: float = 1.0
+    zero: bool = False
 
 
 EXACT_CHECK = "allclose vs jax.grad of the reference"
+INCONCLUSIVE_HINT = ("raise --batch-size (a loss that compares examples, such as a contrastive "
+                     "one, needs at least two examples besides their views) or change --seed")
 MEAN_CHECK = "mean of the estimates vs jax.grad of the reference (z-score)"
 
 
@@ -107,6 +112,14 @@ class Report:
     def biased(self) -> list[str]:
         return [l.node for l in self.layers if not l.ok]
 
+    @property
+    def inconclusive(self) -> bool:
+        """Every forward-gradient node's reference gradient is zero on the batch (a
+        degenerate batch: e.g. a contrastive loss over the two views of one example, which
+        has no negatives and is constant): the estimates were only compared with zero."""
+        means = [l for l in self.layers if l.check == MEAN_CHECK]
+        return bool(means) and all(l.zero for l in means)
+
     def format(self) -> str:
         lines = [f"{self.algorithm} (credit {self.credit}): {self.samples} estimates of a "
                  f"batch of {self.batch_size}, float64, bound max|z| ≤ {self.bound:.2f} · "
@@ -123,7 +136,7 @@ class Report:
         for l in self.layers:
             det = l.check != MEAN_CHECK  # compared allclose, not by z-score
             z = "–" if det else ("inf" if math.isinf(l.max_z) else f"{l.max_z:.2f}")
-            verdict = "ok" if l.ok else ("MISMATCH" if det else "BIASED")
+            verdict = ("ok (zero)" if l.zero else "ok") if l.ok else ("MISMATCH" if det else "BIASED")
             lines.append(f"  {l.node:<{w}}  {l.group:<10} {l.rule:<{r}} {z:>8} "
                          f"{l.rel_error:>9.2e} {l.noise:>9.2e}  {verdict}")
         if self.check.startswith("unbiased"):  # a projection's report says its check above
@@ -131,13 +144,20 @@ class Report:
             lines.append("  checks: " + "; ".join(
                 f"{c} ({sum(1 for l in self.layers if l.check == c)} nodes)" for c in checks))
         word = "biased" if self.check.startswith("unbiased") else "differ from their rule"
-        lines.append("  verdict: " + ("every group's update matches its rule" if self.ok else
-                                      f"{len(self.biased)} {word}: {', '.join(self.biased)}"))
+        if self.ok and self.inconclusive:
+            lines.append("  verdict: inconclusive: the reference gradient of every "
+                         "forward-gradient node is zero on this random batch, so their "
+                         f"estimates were only compared with zero; {INCONCLUSIVE_HINT}")
+        else:
+            lines.append("  verdict: " + ("every group's update matches its rule" if self.ok
+                                          else f"{len(self.biased)} {word}: "
+                                               f"{', '.join(self.biased)}"))
         return "\n".join(lines)
 
     def as_dict(self) -> dict:
         return {"algorithm": self.algorithm, "credit": self.credit, "samples": self.samples,
                 "batch_size": self.batch_size, "bound": self.bound, "ok": self.ok,
+                "inconclusive": self.inconclusive,
                 "check": self.check, "problems": self.problems,
                 "biased": self.biased, "seconds": self.seconds,
                 "layers": [l.__dict__ for l in self.layers]}
@@ -274,10 +294,11 @@ def verify_plan(plan, *, samples: int = 1000, batch_size: int = 4, seed: int = 0
             tol = 1e-9 * scale + ROUND_OFF  # float64 round-off of deterministic elements
             z = np.abs(m - g) / np.sqrt(se * se + tol * tol)
             max_z = float(z.max()) if z.size else 0.0
+            zero = not g.size or float(np.abs(g).max()) <= tol
             layers.append(LayerCheck(n, group, est_of[n].describe(), g.size, max_z,
                                      float(np.linalg.norm(m - g)) / norm,
                                      float(np.linalg.norm(se)) / norm, max_z <= bound,
-                                     MEAN_CHECK, c))
+                                     MEAN_CHECK, c, zero))
     credits = sorted({e.credit for e in est_of.values() if e.kind == "forward"}) or ["–"]
     return Report(plan.graph.meta.get("algorithm") or "?", ",".join(credits), samples,
                   batch_size, bound, layers, time.perf_counter() - t0)

@@ -39,14 +39,15 @@ from typing import TYPE_CHECKING
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
+from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from fgc.training.data import DATASET_STATS, normalize as _normalize
 from fgc.errors import LoweringError
 from fgc.graph.loss_kinds import LOSS_KINDS as _KINDS
 from fgc.lowering.loss_rules import RULES as _LOSS_RULES, loss_rule, replicated_loss
-from fgc.lowering.modules import (AbstractLayer, Buffer, FrozenLayers, StatefulLayer, is_buffer,
+from fgc.lowering.modules import (AbstractLayer, Buffer, FrozenLayers, StatefulLayer,
                                   make_layer, trainable)
+from fgc.lowering.params import count_params, param_labels, weight_mask  # re-exported
 
 if TYPE_CHECKING:
     from fgc.plan.pieces import Piece
@@ -470,66 +471,3 @@ def lower(plan: Plan, key: PRNGKeyArray, *, dtype=jnp.float32, normalize: bool =
                    g.meta.get("algorithm"),
                    feedback_matrices(plan, layers, {s.id: s.shape for s in steps}, key, dtype),
                    FrozenLayers(fixed) if fixed else None, tuple(getattr(plan, "pieces", ())))
-
-
-def _node_of(path) -> str:
-    # Paths into a Network's arrays are (.layers, [node id], .param).
-    return path[1].key
-
-
-def param_labels(network: Network, plan: Plan) -> PyTree[str]:
-    """Each parameter's group name (from ``plan.assignment``), for ``optax.partition``.
-
-    Args:
-      network: the network, or its parameters ``eqx.filter(network, trainable(network))``
-        (or any pytree of the same structure).
-      plan: the plan it was lowered from.
-
-    Returns:
-      A pytree shaped like ``eqx.filter(network, trainable(network))`` with the group
-      name at every array leaf.
-
-    A ``Network`` is callable, and optax calls a callable ``param_labels`` or
-    ``mask`` instead of reading it as a tree; hand optax a function:
-
-    Example:
-        >>> labels = functools.partial(param_labels, plan=plan)     # doctest: +SKIP
-        >>> opt = optax.partition({g: optax.sgd(0.1) for g in plan.groups}, labels)
-        >>> opt.init(eqx.filter(net, trainable(net)))
-    """
-    def label(path, leaf):
-        nid = _node_of(path)
-        if nid not in plan.assignment:
-            raise KeyError(f"`{nid}` has parameters but no group in the plan")
-        return plan.assignment[nid]
-
-    return jax.tree_util.tree_map_with_path(label, eqx.filter(network, trainable(network)))
-
-
-def weight_mask(network: Network) -> PyTree[bool]:
-    """True for weights and kernels, False for biases and norm scales/shifts.
-
-    Args:
-      network: the network or its parameters (any pytree of its structure).
-
-    Returns:
-      A pytree shaped like ``eqx.filter(network, trainable(network))``.
-
-    Pass the function itself where optax takes a mask (a mask *tree* shaped like
-    a ``Network`` is callable, and optax would call it):
-
-    Example:
-        >>> decay = optax.add_decayed_weights(1e-4, mask=weight_mask)   # doctest: +SKIP
-    """
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: getattr(path[-1], "name", None) == "weight",
-        eqx.filter(network, trainable(network)))
-
-
-def count_params(network: Network) -> int:
-    """Number of trainable parameters (buffers such as batch-norm running statistics
-    excluded); also works on ``eqx.filter_eval_shape`` output."""
-    kept = jax.tree_util.tree_map(lambda x: None if is_buffer(x) else x, network, is_leaf=is_buffer)
-    leaves = jax.tree_util.tree_leaves(
-        kept, is_leaf=lambda x: isinstance(x, jax.ShapeDtypeStruct))
-    return sum(int(x.size) for x in leaves if eqx.is_array(x) or isinstance(x, jax.ShapeDtypeStruct))

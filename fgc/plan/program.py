@@ -313,6 +313,12 @@ def _check_views(graph: Graph, train: TrainConfig, sec, d: Diags) -> None:
               at.span if at is not None else loss.span,
               "add `views = 2` and an augmentation, e.g. `augment = byol(min_area = 0.5)`, "
               "to the train section")
+    if needs and train.batch_size < 2:
+        at = sec.get("batch_size") if sec is not None else None
+        d.add("E408", f"loss `{needs[0].name}` is `{needs[0].kind}`: with batch_size "
+              f"{train.batch_size} it compares the two views of one example with no other "
+              "example to tell them from, so it is constant and trains nothing",
+              at.span if at is not None else needs[0].span, "set batch_size to 2 or more")
 
 
 def _mark_stops(g: Graph, algo: Algorithm) -> None:

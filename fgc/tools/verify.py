@@ -60,7 +60,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from fgc.learning.verify import verify_plan
+    from fgc.learning.verify import INCONCLUSIVE_HINT, verify_plan
     from fgc.plan.program import load
     from fgc.training.train import with_estimator
 
@@ -90,5 +90,11 @@ def run(args) -> int:
     bad = [f"{r.algorithm}: {', '.join(r.biased)}" for r in reports if not r.ok]
     if bad:
         print("fgc verify: biased updates — " + "; ".join(bad), file=sys.stderr)
+        return 1
+    unknown = [r.algorithm for r in reports if r.inconclusive]
+    if unknown:  # a pass that compared zeros with zeros is no pass
+        print(f"fgc verify: inconclusive for {', '.join(unknown)}: every forward-gradient "
+              f"node's reference gradient is zero on the random batch of {args.batch_size}; "
+              f"{INCONCLUSIVE_HINT}", file=sys.stderr)
         return 1
     return 0

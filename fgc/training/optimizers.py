@@ -14,6 +14,7 @@ import optax
 from jaxtyping import PyTree
 
 from fgc.front.config import Call, TrainConfig
+from fgc.lowering.params import is_weight, node_of
 
 if False:  # typing only
     from fgc.plan.program import Plan
@@ -45,21 +46,13 @@ def make_schedule(call: Call, base_lr: float, steps_per_epoch: int, epochs: int)
     raise ValueError(f"unknown schedule `{call.name}`")
 
 
-def _node_of(path) -> str:
-    return path[1].key  # (.layers, [node id], .param)
-
-
-def _is_weight(path) -> bool:
-    return getattr(path[-1], "name", None) == "weight"
-
-
 def param_group_labels(params: PyTree, plan: Plan, decay_all: bool = False) -> PyTree[str]:
     """``GROUP/decay`` for weights and kernels, ``GROUP/plain`` for biases and norm
     parameters (``decay_all``: every parameter is ``decay``, as torch's SGD does): the
     labels of :func:`make_optimizer`'s ``optax.partition``."""
     return jax.tree_util.tree_map_with_path(
-        lambda path, _: f"{plan.assignment[_node_of(path)]}/"
-                        f"{'decay' if decay_all or _is_weight(path) else 'plain'}", params)
+        lambda path, _: f"{plan.assignment[node_of(path)]}/"
+                        f"{'decay' if decay_all or is_weight(path) else 'plain'}", params)
 
 
 def make_optimizer(plan: Plan, train: TrainConfig, steps_per_epoch: int

@@ -94,6 +94,13 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     if cfg.augment and data.x_train.ndim != 4:
         raise DataError(f"augment = [...] needs images [N, H, W, C], got inputs of shape "
                         f"{data.x_train.shape[1:]}")
+    from fgc.graph.loss_kinds import LOSS_KINDS
+    views = [l for l in prog.graph.losses.values() if LOSS_KINDS[l.kind].targets == "views"]
+    if views and cfg.batch_size < 2:  # the spec's own batch_size is checked when loaded
+        raise TrainingError(f"loss `{views[0].name}` is `{views[0].kind}`: a batch of "
+                            f"{cfg.batch_size} gives it the two views of one example and no "
+                            "other to tell them from, so it is constant; pass --batch-size 2 "
+                            "or more")
     steps = num_batches(len(data.x_train), cfg.batch_size, drop_last=True)
     if steps == 0:
         raise DataError(f"the training set has {len(data.x_train)} examples, fewer than one "
