@@ -292,7 +292,11 @@ class TokenMix(AbstractLayer):
 
     def __call__(self, x: Float[Array, "batch patches channels"]) -> Float[Array, "batch patches channels"]:
         (x, w), kw = _operands(self.precision, x, self.weight)
-        y = jnp.einsum("nqc,qp->npc", x, w, **kw)
+        # Contract over the last axis of the channels-major view, as the released code's
+        # swapaxes does: the same sum, but XLA:CPU then keeps the patch-major activations'
+        # gradients in place instead of transposing them (M/8/16 BP: 0.91x the step time,
+        # 2% fewer bytes moved; BENCHMARKS §5.2).
+        y = jnp.swapaxes(jnp.einsum("ncq,qp->ncp", jnp.swapaxes(x, 1, 2), w, **kw), 1, 2)
         return y if self.bias is None else y + _lead(self.bias[:, None], y)
 
 
