@@ -66,11 +66,23 @@ NOISE: dict[str, Callable] = {
 """Tangent distributions with zero mean and identity covariance, by name."""
 
 
+# jax's default threefry (partitionable, since jax 0.5) makes its bits ~1.5-2x slower on
+# XLA:CPU, and the noise of every perturbed activation is a large share of a forward-gradient
+# step (M/8/16 LG-FG-A with the classic one: 0.85x the step time with every draw classic,
+# 0.78 -> 0.75x the released code's with only the tangents; BENCHMARKS §5.2). A step
+# runs on one device, so nothing needs the partitionable layout: fgc's tangents use the
+# classic generator. The draws differ from the default's, not their distribution.
+_CLASSIC_THREEFRY = getattr(jax, "threefry_partitionable", None)
+
+
 def sample_noise(kind: str, key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
     """Tangent noise of a registered kind (:data:`NOISE`)."""
     if kind not in NOISE:
         raise ValueError(f"unknown noise `{kind}` (known: {', '.join(NOISE)})")
-    return NOISE[kind](key, shape, dtype)
+    if _CLASSIC_THREEFRY is None:
+        return NOISE[kind](key, shape, dtype)
+    with _CLASSIC_THREEFRY(False):
+        return NOISE[kind](key, shape, dtype)
 
 
 # How the K tangents combine: registered aggregations (fgc.learning.aggregate), some of
