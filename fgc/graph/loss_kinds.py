@@ -27,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-__all__ = ["LOSS_KINDS", "LossKind", "Option", "register_loss_kind"]
+__all__ = ["LOSS_KINDS", "LossKind", "Option", "register_loss_kind", "view_losses"]
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,11 @@ def register_loss_kind(kind: LossKind) -> LossKind:
                          "classes or embedding")
     LOSS_KINDS[kind.name] = kind
     return kind
+
+
+def view_losses(graph) -> list:
+    """The graph's losses whose kind compares two views of each example."""
+    return [l for l in graph.losses.values() if LOSS_KINDS[l.kind].targets == "views"]
 
 
 def _positive_number(v) -> str | None:

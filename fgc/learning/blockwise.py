@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
+from fgc.lowering.params import node_of
+
 if TYPE_CHECKING:
     from fgc.learning.estimators import PassRule
     from fgc.plan.pieces import Piece
@@ -40,16 +42,12 @@ if TYPE_CHECKING:
 __all__ = ["hold", "own_params", "partition_nodes", "run_pieces"]
 
 
-def _node(path) -> str:
-    return path[1].key  # paths into a network's arrays: (.layers, [node id], .param)
-
-
 def partition_nodes(params: PyTree, nodes) -> tuple[PyTree, PyTree]:
     """``(own, rest)``: the parameters of ``nodes`` and the others (None leaves where
     they do not belong)."""
     nodes = set(nodes)
     return eqx.partition(params, jax.tree_util.tree_map_with_path(
-        lambda path, _: _node(path) in nodes, params))
+        lambda path, _: node_of(path) in nodes, params))
 
 
 def own_params(params: PyTree, piece: Piece | None) -> tuple[PyTree, PyTree | None]:
@@ -127,7 +125,7 @@ def run_pieces(passes: tuple[PassRule, ...], pieces: tuple[Piece, ...], params: 
                         piece=piece, given=inputs)
             first = first or out
             for path, g in jax.tree_util.tree_flatten_with_path(out.grads)[0]:
-                if _node(path) in p.nodes and _node(path) in nodes:
+                if node_of(path) in p.nodes and node_of(path) in nodes:
                     grads[jax.tree_util.keystr(path)] = g
         done = (first.boundary, grads, first.losses, first.state, key)
         boundary, grads, piece_losses, piece_state, key = jax.lax.optimization_barrier(done)

@@ -46,6 +46,7 @@ from jaxtyping import Array, PRNGKeyArray, PyTree
 from fgc.errors import LoweringError
 from fgc.front.config import Estimator
 from fgc.lowering.modules import trainable
+from fgc.lowering.params import node_of  # noqa: F401  (re-exported: rules and verify read it here)
 
 if TYPE_CHECKING:
     from fgc.lowering.lower import Network
@@ -103,11 +104,6 @@ def objective(losses: dict[str, Array]) -> Array:
 def loss_means(losses: dict[str, Array]) -> dict[str, Array]:
     """Each loss's value averaged over the batch (its replicas share one value)."""
     return {k: v.reshape(v.shape[0], -1)[:, 0].mean() for k, v in losses.items()}
-
-
-def node_of(path) -> str:
-    """The node id of a path into a network's arrays: ``(.layers, [node id], .param)``."""
-    return path[1].key
 
 
 def take(into: PyTree, new: PyTree, nodes: frozenset[str]) -> PyTree:

@@ -303,8 +303,8 @@ def _check_site_coverage(g: Graph, nodes: dict[str, str], d: Diags) -> None:
 
 def _check_views(graph: Graph, train: TrainConfig, sec, d: Diags) -> None:
     """E408: a loss that compares two views of each example needs ``views = 2``."""
-    from fgc.graph.loss_kinds import LOSS_KINDS
-    needs = [l for l in graph.losses.values() if LOSS_KINDS[l.kind].targets == "views"]
+    from fgc.graph.loss_kinds import view_losses
+    needs = view_losses(graph)
     if needs and train.views != 2:
         loss = needs[0]
         at = sec.get("views") if sec is not None and sec.get("views") is not None else None

@@ -94,8 +94,8 @@ def prepare(spec, *, algorithm: str | None = None, dataset: str | Dataset | None
     if cfg.augment and data.x_train.ndim != 4:
         raise DataError(f"augment = [...] needs images [N, H, W, C], got inputs of shape "
                         f"{data.x_train.shape[1:]}")
-    from fgc.graph.loss_kinds import LOSS_KINDS
-    views = [l for l in prog.graph.losses.values() if LOSS_KINDS[l.kind].targets == "views"]
+    from fgc.graph.loss_kinds import view_losses
+    views = view_losses(prog.graph)
     if views and cfg.batch_size < 2:  # the spec's own batch_size is checked when loaded
         raise TrainingError(f"loss `{views[0].name}` is `{views[0].kind}`: a batch of "
                             f"{cfg.batch_size} gives it the two views of one example and no "
