@@ -218,6 +218,13 @@ def test_profile_traces_each_algorithm(bench_run):
         assert 0 < s["xla_ms"] <= s["step_ms"] and s["host_ms"] >= 0
         assert s["ops"] and all(op["ms"] > 0 for op in s["ops"])
         assert f"profile of {r['algorithm']}: {prof['trace']}" in stdout
+        # by kind: the tiny mixer's products are found and their FLOPs counted
+        kinds = s["kinds"]
+        assert kinds["matmul"]["gflop"] > 0 and kinds["matmul"]["ms"] > 0
+        assert sum(k["ms"] for k in kinds.values()) > 0
+    assert "by kind" in stdout and "matmul" in stdout
+    assert all(result["ceilings"][k] > 0 for k in ("matmul_fp32", "stream"))
+    assert "device ceilings (measured)" in stdout
 
 
 def test_profile_summary_counts_overlapping_threads_once(tmp_path):

@@ -13,9 +13,11 @@ from typing import Any
 
 from fgc.errors import FgError
 from fgc.tools.bench.base import NAIVE_LIMIT_BYTES, BenchError
+from fgc.tools.bench.ceilings import measure_ceilings
 from fgc.tools.bench.profile import check_profile_dir, trace_steps
 from fgc.tools.bench.replicated import _replicated_compare, replicated_configs
-from fgc.tools.bench.xla import _device_peak, _flops, _lower_compile, _memory, _spread
+from fgc.tools.bench.xla import (_device_peak, _flops, _hlo_text, _lower_compile, _memory,
+                                 _spread)
 from fgc.tools.common import load_program
 
 _FIGURES = ("compile_seconds", "step_seconds", "images_per_second", "flops",
@@ -141,7 +143,8 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
             state[0], state[1], out = compiled(state[0], state[1], x, y, key)
             jax.block_until_ready((state, out))
 
-        profile = trace_steps(profile_dir / _folder(name), profile_steps, traced)
+        profile = trace_steps(profile_dir / _folder(name), profile_steps, traced,
+                              hlo_text=_hlo_text(compiled))
         net, opt_state = state
     spread = _spread(times)
     flops = _flops(compiled)
@@ -216,8 +219,9 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
       log: called with a line before each slow stage (progress), e.g. ``print``.
       profile_dir: also trace ``profile_steps`` more steps of each algorithm with
         ``jax.profiler`` into ``profile_dir/ALGORITHM/`` (:mod:`fgc.tools.bench.profile`);
-        each row then has ``profile`` (the trace's path and where the steps went). The
-        traced steps are not among the timed ones.
+        each row then has ``profile`` (the trace's path and where the steps went, by
+        operation and by kind), and the result ``ceilings`` (the device's measured matmul
+        and memory rates). The traced steps are not among the timed ones.
       precision: how the step's matmuls and convolutions are computed
         (:data:`fgc.lowering.modules.PRECISIONS`; default: the spec's ``train.precision``).
       blockwise: run a greedy plan's pieces one after another (the default, as
@@ -264,6 +268,10 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
     _ratios(rows)
 
     rep = _replicated(configs, replicated, warmup, steps, seed, naive_limit_bytes, log)
+    ceilings = None
+    if profile_dir is not None:
+        log("measuring the device's matmul and memory ceilings for the profiles")
+        ceilings = measure_ceilings(device)
     return {
         "spec": str(prog.path),
         "spec_name": prog.graph.meta.get("title"),
@@ -282,6 +290,7 @@ def bench_spec(spec_path, algorithms: Sequence[str] | None = None, batch_size: i
         "algorithms": rows,
         "skipped": skipped,
         "replicated": rep,
+        **({"ceilings": ceilings} if ceilings else {}),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from fgc.tools.bench.base import BenchError
-from fgc.tools.bench.profile import format_profile
+from fgc.tools.bench.profile import format_ceilings, format_profile
 from fgc.tools.common import write_whole
 
 
@@ -80,9 +80,11 @@ def format_report(result: dict[str, Any]) -> str:
         notes.append(f"{name} not run: {why}")
     lines += [f"  {n}" for n in notes]
 
+    if result.get("ceilings"):
+        lines += ["", format_ceilings(result["ceilings"])]
     for r in rows:
         if r.get("profile"):
-            lines += [""] + format_profile(r["algorithm"], r["profile"])
+            lines += [""] + format_profile(r["algorithm"], r["profile"], result.get("ceilings"))
 
     rep = result.get("replicated") or {}
     if "skipped" in rep:

@@ -34,6 +34,14 @@ def _xla(compiled):
     return getattr(compiled, "compiled", compiled)
 
 
+def _hlo_text(compiled) -> str | None:
+    """The compiled module's optimised HLO, or None when the backend does not give it."""
+    try:
+        return _xla(compiled).as_text()
+    except Exception:  # some backends and older jax releases cannot print it
+        return None
+
+
 def _flops(compiled) -> float | None:
     """FLOPs XLA counts for one call; None when the backend does not say.
 
