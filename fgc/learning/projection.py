@@ -86,6 +86,12 @@ def _bcast(s, like):
     return s.reshape(s.shape + (1,) * (like.ndim - s.ndim))
 
 
+def scaled_guess(s, guess, per_sample: bool):
+    """ĝ at a block output: the guess ``[B, ...]`` times its projection scale ``s``, one
+    per example (``per_sample``) or one for the whole batch."""
+    return (_bcast(s, guess) if per_sample else s) * guess
+
+
 @dataclass(frozen=True)
 class _Projection(PassRule):
     units: tuple[Unit, ...] = ()
@@ -119,7 +125,8 @@ class _Projection(PassRule):
             f"{self.estimator.describe()}" + (f" ({'; '.join(notes)})" if notes else "")
 
     # --- the forward-mode pieces --------------------------------------------------------
-    def _down(self, *nodes):
+    def downstream(self, *nodes):
+        """The steps downstream of any of ``nodes`` (what a perturbation there moves)."""
         d = dict(self.down)
         return frozenset().union(*(d[n] for n in nodes))
 
@@ -142,7 +149,7 @@ class _Projection(PassRule):
     def _target(self, u: Unit, net, x, labels, values, nodes, linearise: bool = True):
         """``δ ↦`` per-example target losses with ``δ[n]`` added at ``nodes`` (what lies
         downstream linearised at ``values``, or recomputed with its primal)."""
-        live = self._down(*nodes) | (set(nodes) - {u.output})
+        live = self.downstream(*nodes) | (set(nodes) - {u.output})
 
         def f(add):
             ls = self._rerun(net, x, labels, values, live, add, True, linearise)
@@ -187,7 +194,7 @@ class _Projection(PassRule):
         """``∂/∂δ`` of the guess losses' objective with ``δ[n]`` added at ``nodes``: the
         guess at those nodes' outputs, by a backward through what lies after them."""
         gnet = self.guess_net(net, u, key)
-        live = self._down(*nodes) | (set(nodes) - {u.output})
+        live = self.downstream(*nodes) | (set(nodes) - {u.output})
         train = self.estimator.guess_bn == "train"
 
         def h(add):
@@ -196,7 +203,7 @@ class _Projection(PassRule):
         return jax.grad(h)({n: jnp.zeros_like(values[n]) for n in nodes})
 
     # --- the backward: local to each block, and the heads' exact gradient -----------------
-    def _heads_and(self, params, static, x, labels, values, cot):
+    def local_backward(self, params, static, x, labels, values, cot):
         """Gradients: the heads' exact ones, plus the block-local backward of ``cot``
         (node → cotangent of that node's output, within its unit's segment)."""
         seg_of = {n: i for i, u in enumerate(self.units) for n in u.segment}
@@ -250,7 +257,7 @@ class ActivityProjection(_Projection):
         else:
             scales = [project(p["dot"], p["sq"], est.eps) for p in out]
         for p, s in zip(out, scales):
-            p["hat"] = (_bcast(s, p["guess"]) if per_sample else s) * p["guess"]
+            p["hat"] = scaled_guess(s, p["guess"], per_sample)
         return out
 
     def run(self, params, static, x, labels, key):
@@ -276,7 +283,7 @@ class ActivityProjection(_Projection):
 
     def finish(self, params, static, x, labels, values, parts):
         cot = {u.output: p["hat"] for u, p in zip(self.units, parts)}
-        return self._heads_and(params, static, x, labels, values, cot)
+        return self.local_backward(params, static, x, labels, values, cot)
 
 
 def _layer_fn(layer, train: bool):
@@ -426,7 +433,7 @@ class WeightProjection(_Projection):
         return out
 
     def finish(self, params, static, x, labels, values, parts):
-        grads = self._heads_and(params, static, x, labels, values, {})
+        grads = self.local_backward(params, static, x, labels, values, {})
         hats = {n: h for q in parts for n, h in q["hat"].items()}
         ids = sorted(hats)
         return eqx.tree_at(lambda g: [g.layers[i] for i in ids], grads, [hats[i] for i in ids])

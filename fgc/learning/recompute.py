@@ -58,7 +58,7 @@ def _segment_grads(net, params, static, x, cur, segment: frozenset, output: str,
 def run_recomputing(rule, params, static, x, labels, key) -> PassResult:
     """One step of ``rule`` (an activity projection, granularity sample or block),
     holding one unit's working set at a time; same gradients as ``rule`` 's plain run."""
-    from fgc.learning.projection import _bcast, project
+    from fgc.learning.projection import project, scaled_guess
     net = eqx.combine(params, static)
     first = net.forward(x, labels, keep_values=True)
     values = first.values
@@ -66,9 +66,9 @@ def run_recomputing(rule, params, static, x, labels, key) -> PassResult:
     est = rule.estimator
     per_sample = est.granularity == "sample"
     # The heads learn exactly, from the block outputs (values that cross blocks anyway).
-    heads = rule._heads_and(params, static, x, labels, values, {})
+    heads = rule.local_backward(params, static, x, labels, values, {})
     merged = {}  # leaf path -> a unit's segment gradient
-    lives = [frozenset(rule._down(u.output)) | frozenset(u.segment) for u in rule.units]
+    lives = [frozenset(rule.downstream(u.output)) | frozenset(u.segment) for u in rule.units]
     later = [set().union(*(_reads(steps, lv) for lv in lives[i + 1:]))
              for i in range(len(lives))]
     cur = dict(values)
@@ -76,7 +76,7 @@ def run_recomputing(rule, params, static, x, labels, key) -> PassResult:
         q = rule.unit_product(u, net, x, labels, cur, jax.random.fold_in(key, i),
                               linearise=False)
         s = project(q["dot"], q["sq"], est.eps)
-        hat = (_bcast(s, q["guess"]) if per_sample else s) * q["guess"]
+        hat = scaled_guess(s, q["guess"], per_sample)
         seg = _segment_grads(net, params, static, x, cur, frozenset(u.segment), u.output, hat)
         mine = {jax.tree_util.keystr(p): g for p, g in
                 jax.tree_util.tree_flatten_with_path(seg)[0]}
