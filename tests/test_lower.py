@@ -441,3 +441,27 @@ def test_partial_replication_matches_reference(replicate, shape):
     for nid in BACKBONE:
         np.testing.assert_allclose(grads.layers[nid].weight, want[nid]["weight"], rtol=1e-8,
                                    atol=1e-11, err_msg=nid)
+
+
+@pytest.mark.parametrize("groups", [1, 4])
+@pytest.mark.parametrize("lead", [(), (3,), (2, 5)])
+def test_group_linear_is_its_block_diagonal_matmul(groups, lead):
+    """group_linear (a grouped convolution for G > 1) against ``x @ block_diag(W_g) + b``
+    in float64: output, and gradients with respect to input, weight and bias."""
+    with jax.enable_x64(True):
+        layer = make_layer("group_linear", {"out": 8, "groups": groups, "bias": True}, [(12,)],
+                           key=jax.random.key(1), dtype=jnp.float64)
+        layer = eqx.tree_at(lambda l: l.bias, layer,
+                            jax.random.normal(jax.random.key(2), layer.bias.shape, jnp.float64))
+        x = jax.random.normal(jax.random.key(3), lead + (12,), jnp.float64)
+
+        def naive(l, x):
+            y = x @ block_diag(*l.weight)
+            return y + l.bias.reshape((1,) * (y.ndim - 1) + (-1,))
+
+        np.testing.assert_allclose(layer(x), naive(layer, x), rtol=1e-13, atol=1e-14)
+        cot = jax.random.normal(jax.random.key(4), lead + (8,), jnp.float64)
+        got = jax.grad(lambda l, x: (l(x) * cot).sum(), argnums=(0, 1))(layer, x)
+        want = jax.grad(lambda l, x: (naive(l, x) * cot).sum(), argnums=(0, 1))(layer, x)
+        for g, w in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(want)):
+            np.testing.assert_allclose(g, w, rtol=1e-12, atol=1e-13)
