@@ -1,5 +1,6 @@
-# fgc's M/8/16 train step with GroupLinear as today's einsum and as alternatives, compiled in
-# one process and timed alternated (paired ratios).
+# fgc's train step with GroupLinear as the batched einsum (before fc8c9e7) and as the grouped
+# convolution (after), compiled in one process and timed alternated (paired ratios).
+# Usage: python docs/benchmarks/group-linear-conv/variant.py specs/mixer-m-8-16.fg bp 8
 import sys, time, statistics, re, collections
 import jax, jax.numpy as jnp, numpy as np
 from fgc.lowering import modules as M
