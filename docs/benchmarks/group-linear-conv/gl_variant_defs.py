@@ -1,3 +1,4 @@
+# fgc's GroupLinear.__call__ before the grouped convolution (kept for variant.py, f64check.py)
 import jax, jax.numpy as jnp
 from fgc.lowering import modules as M
 def einsum(self, x):
