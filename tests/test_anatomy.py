@@ -44,6 +44,18 @@ def test_grouped_convolution():
     assert sum(o.flops for o in ops.values() if o.kind == "matmul") == 2 * (4 * 4 * 4) * (2 * 9)
 
 
+def test_a_grouped_linear_step_counts_each_product_once():
+    """Forward, input gradient and filter gradient of fgc's group_linear (a grouped
+    convolution, whose filter gradient XLA writes with a dilated input): three times the
+    forward's products, as XLA's own cost analysis counts them."""
+    from fgc.lowering.modules import make_layer
+    layer = make_layer("group_linear", {"out": 64, "groups": 4, "bias": False}, [(64,)],
+                       key=jax.random.key(0))
+    x = jnp.ones((256, 64))
+    ops = _ops(jax.grad(lambda l, x: (l(x) ** 2).sum(), argnums=(0, 1)), layer, x)
+    assert sum(o.flops for o in ops.values() if o.kind == "matmul") == 3 * 2 * 256 * 64 * 16
+
+
 def test_reductions_and_layout_copies():
     ops = _ops(lambda x: (jnp.swapaxes(x, 0, 1) * 2, x.sum(0)), jnp.ones((64, 96)))
     kinds = {o.kind for o in ops.values()}

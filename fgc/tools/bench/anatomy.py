@@ -115,7 +115,14 @@ def _product_flops(ins: _Instr, types: dict[str, str]) -> float:
     labels = re.search(r"dim_labels=\w+_(\w+)->", ins.attrs)
     if not kernel or not labels or "o" not in labels.group(1):
         return 0.0
-    return 2.0 * out * prod(kernel) / kernel[labels.group(1).index("o")]
+    taps = prod(kernel) / kernel[labels.group(1).index("o")]
+    # An input dilated by d (the filter gradient of a grouped or strided convolution) puts
+    # d - 1 holes between its values: of a window of s taps only ceil(s / d) meet one.
+    window = re.search(r"window=\{size=([0-9x]+)[^}]*?lhs_dilate=([0-9x]+)", ins.attrs)
+    if window:
+        for size, d in zip(window.group(1).split("x"), window.group(2).split("x")):
+            taps *= -(-int(size) // int(d)) / int(size)
+    return 2.0 * out * taps
 
 
 def _fused_kind(body: list[_Instr], types: dict[str, str]) -> tuple[str, float]:
