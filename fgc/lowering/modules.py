@@ -275,7 +275,7 @@ class GroupLinear(AbstractLayer):
             # A grouped 1-wide convolution, not a batched matmul over the groups: the same
             # products, but a dot_general puts its batch (group) axis first, so XLA:CPU
             # transposed every group_linear's output and then re-read it transposed in
-            # each fusion that used it. M/8/16 BP: 0.63x the step time (BENCHMARKS §5.2).
+            # each fusion that used it. M/8/16 BP: 0.66x the step time (BENCHMARKS §5.3).
             (x, w), kw = _operands(self.precision, x.reshape(-1, 1, g * g_in), self.weight)
             kernel = jnp.transpose(w, (1, 0, 2)).reshape(1, g_in, g * g_out)  # [W, I, O]
             y = jax.lax.conv_general_dilated(x, kernel, (1,), "VALID",
