@@ -267,24 +267,12 @@ class GroupLinear(AbstractLayer):
 
     def __call__(self, x: Float[Array, "*batch d_in"]) -> Float[Array, "*batch d_out"]:
         g, g_in, g_out = self.weight.shape
-        lead = x.shape[:-1]
-        if g == 1:
-            (x, w), kw = _operands(self.precision, x, self.weight[0])
-            y = jnp.matmul(x, w, **kw).reshape(*lead, 1, g_out)
-        else:
-            # A grouped 1-wide convolution, not a batched matmul over the groups: the same
-            # products, but a dot_general puts its batch (group) axis first, so XLA:CPU
-            # transposed every group_linear's output and then re-read it transposed in
-            # each fusion that used it. M/8/16 BP: 0.66x the step time (BENCHMARKS §5.3).
-            (x, w), kw = _operands(self.precision, x.reshape(-1, 1, g * g_in), self.weight)
-            kernel = jnp.transpose(w, (1, 0, 2)).reshape(1, g_in, g * g_out)  # [W, I, O]
-            y = jax.lax.conv_general_dilated(x, kernel, (1,), "VALID",
-                                             dimension_numbers=("NWC", "WIO", "NWC"),
-                                             feature_group_count=g, **kw)
-            y = y.reshape(*lead, g, g_out)
+        xg = x.reshape(*x.shape[:-1], g, g_in)
+        (xg, w), kw = _operands(self.precision, xg, self.weight)
+        y = jnp.einsum("...gi,gio->...go", xg, w, **kw)
         if self.bias is not None:
             y = y + _lead(self.bias, y)
-        return y.reshape(*lead, g * g_out)
+        return y.reshape(*x.shape[:-1], g * g_out)
 
 
 @register("token_mix")
