@@ -1,10 +1,10 @@
 import jax, jax.numpy as jnp, numpy as np, equinox as eqx, sys
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from gl_variant_defs import einsum
+from gl_variant_defs import conv, einsum
 from fgc.lowering import modules as M
 from fgc.lowering.lower import lower
 from fgc.tools.common import load_program
-new = M.GroupLinear.__call__
+new = conv
 with jax.enable_x64(True):
     prog = load_program(sys.argv[1] if len(sys.argv) > 1 else "specs/mixer-m-8-16.fg"); plan = prog.plan("bp")
     net = lower(plan, jax.random.key(0), dtype=jnp.float64)

@@ -1,4 +1,5 @@
-# fgc's GroupLinear.__call__ before the grouped convolution (kept for variant.py, f64check.py)
+# fgc's GroupLinear.__call__ as shipped (einsum) and as a grouped 1-wide convolution (conv):
+# the two forms variant.py, f64check.py and vmapped_grads.py compare.
 import jax, jax.numpy as jnp
 from fgc.lowering import modules as M
 def einsum(self, x):
@@ -10,3 +11,15 @@ def einsum(self, x):
         y = y + M._lead(self.bias, y)
     return y.reshape(*x.shape[:-1], g * go)
 
+
+def conv(self, x):
+    g, gi, go = self.weight.shape
+    lead = x.shape[:-1]
+    (x2, w), kw = M._operands(self.precision, x.reshape(-1, 1, g * gi), self.weight)
+    k = jnp.transpose(w, (1, 0, 2)).reshape(1, gi, g * go)  # W I O, O grouped by g
+    y = jax.lax.conv_general_dilated(x2, k, (1,), "VALID", dimension_numbers=("NWC", "WIO", "NWC"),
+                                     feature_group_count=g, **({"precision": kw["precision"]} if "precision" in kw else {}))
+    y = y.reshape(*lead, g, go)
+    if self.bias is not None:
+        y = y + M._lead(self.bias, y)
+    return y.reshape(*lead, g * go)
