@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from collections.abc import Sequence
 from math import prod
 
 KINDS = ("matmul", "layout", "reduce", "elementwise", "control")
@@ -33,6 +34,11 @@ _HEADER = re.compile(r"^(ENTRY\s+)?%([\w.\-]+)\s*\((.*)\)\s*->\s*(.*)\{\s*$")
 _INSTR = re.compile(r"^\s*(?:ROOT\s+)?%([\w.\-]+)\s*=\s*(.+?)\s+([a-z][\w\-]*)\((.*)$")
 _PARAM = re.compile(r"([\w.\-]+):\s*((?:\([^)]*\))|(?:[a-z0-9]+\[[0-9,]*\]))")
 _CONTROL = {"while", "call", "conditional", "async-start", "async-done"}
+# what a control op runs: attribute names that hold computations
+_CALLED = ("body", "condition", "to_apply", "calls", "branch_computations",
+           "true_computation", "false_computation")
+_PRODUCTS = {"dot", "convolution"}
+_REDUCE = {"reduce", "reduce-window", "scatter", "sort"}
 _LAYOUT = {"copy", "transpose"}
 _FREE = {"parameter", "bitcast", "reshape", "get-tuple-element", "tuple", "constant",
          "broadcast"}
@@ -127,12 +133,12 @@ def _product_flops(ins: _Instr, types: dict[str, str]) -> float:
 
 def _fused_kind(body: list[_Instr], types: dict[str, str]) -> tuple[str, float]:
     ops = {i.opcode for i in body}
-    products = [i for i in body if i.opcode in ("dot", "convolution")]
+    products = [i for i in body if i.opcode in _PRODUCTS]
     if products:
         return "matmul", sum(_product_flops(i, types) for i in products)
     if ops - _FREE <= _LAYOUT:
         return "layout", 0.0
-    if ops & {"reduce", "reduce-window", "scatter", "sort"}:
+    if ops & _REDUCE:
         return "reduce", 0.0
     return "elementwise", 0.0
 
@@ -154,29 +160,25 @@ def classify(hlo_text: str) -> dict[str, Op]:
                 continue
             moved = _type_bytes(ins.type) + sum(_type_bytes(t.get(o, "")) for o in ins.operands)
             if ins.opcode in _CONTROL:
-                todo += (_called(ins.attrs, "body") + _called(ins.attrs, "condition")
-                         + _called(ins.attrs, "to_apply") + _called(ins.attrs, "calls")
-                         + _called(ins.attrs, "branch_computations")
-                         + _called(ins.attrs, "true_computation")
-                         + _called(ins.attrs, "false_computation"))
+                todo += [c for key in _CALLED for c in _called(ins.attrs, key)]
                 out[ins.name] = Op("control", 0.0, 0)
             elif ins.opcode == "fusion":
                 sub = _called(ins.attrs, "calls")
                 body = comps.get(sub[0], []) if sub else []
                 kind, flops = _fused_kind(body, types.get(sub[0], {}) if sub else {})
                 out[ins.name] = Op(kind, flops, moved)
-            elif ins.opcode in ("dot", "convolution"):
+            elif ins.opcode in _PRODUCTS:
                 out[ins.name] = Op("matmul", _product_flops(ins, t), moved)
             elif ins.opcode in _LAYOUT:
                 out[ins.name] = Op("layout", 0.0, moved)
-            elif ins.opcode in ("reduce", "reduce-window", "scatter", "sort"):
+            elif ins.opcode in _REDUCE:
                 out[ins.name] = Op("reduce", 0.0, moved)
             else:
                 out[ins.name] = Op("elementwise", 0.0, moved)
     return out
 
 
-def by_kind(times_us: dict[str, tuple[float, float]], ops: dict[str, Op],
+def by_kind(times_us: dict[str, Sequence[float]], ops: dict[str, Op],
             steps: int) -> dict[str, dict[str, float]]:
     """Per kind and per step: the time its operations ran (``ms``, summed over threads),
     their FLOPs and bytes, and the rates those make. ``times_us`` maps an operation's name

@@ -57,7 +57,8 @@ def trace_steps(out: Path, steps: int, step: Callable[[int], Any],
     traces = sorted(out.rglob("*.trace.json.gz"), key=lambda p: p.stat().st_mtime)
     if not traces:
         return {"dir": str(out), "trace": None, "summary": None}
-    return {"dir": str(out), "trace": str(traces[-1]), "summary": summarise(traces[-1], hlo_text=hlo_text)}
+    return {"dir": str(out), "trace": str(traces[-1]),
+            "summary": summarise(traces[-1], hlo_text=hlo_text)}
 
 
 def summarise(trace: Path, top: int = 8, hlo_text: str | None = None) -> dict[str, Any]:
@@ -99,8 +100,7 @@ def summarise(trace: Path, top: int = 8, hlo_text: str | None = None) -> dict[st
                "host_ms": (step_us - busy / n) / 1e3,
                "ops": [{"name": k, "ms": v[0] / n / 1e3, "count": v[1] / n} for k, v in ops]}
     if hlo_text:
-        summary["kinds"] = by_kind({k: (v[0], v[1]) for k, v in per_op.items()},
-                                   classify(hlo_text), n)
+        summary["kinds"] = by_kind(per_op, classify(hlo_text), n)
     return summary
 
 
