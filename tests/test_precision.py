@@ -43,6 +43,16 @@ LAYERS = [("dense", {"out": 16}, [(24,)], (5, 24)),
            (5, 6, 6, 3))]
 
 
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs inside it (a ``custom_jvp``'s body)."""
+    for e in jaxpr.eqns:
+        yield e
+        for v in e.params.values():
+            inner = getattr(v, "jaxpr", v)
+            if isinstance(inner, jax.extend.core.Jaxpr):
+                yield from _equations(inner)
+
+
 def _rel(a, b):
     return float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b))
 
@@ -78,7 +88,7 @@ def test_the_accelerator_path_takes_bfloat16_operands_and_sums_in_float32(
     layer = with_precision(make_layer(kind, attrs, shapes, key=jax.random.key(0)), "bfloat16")
     x = jnp.ones(x_shape)
     forward = jax.make_jaxpr(layer)(x)
-    products = [e for e in forward.jaxpr.eqns
+    products = [e for e in _equations(forward.jaxpr)
                 if e.primitive.name in ("dot_general", "conv_general_dilated")]
     assert len(products) == 1
     assert [v.aval.dtype for v in products[0].invars] == [jnp.bfloat16] * 2

@@ -10,9 +10,9 @@ from fgc.training.train import make_step, prepare
 from fgc.tools.bench.xla import _lower_compile, _xla
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from gl_variant_defs import conv, einsum  # group_linear as shipped, and as a convolution
+from gl_variant_defs import conv, einsum, hybrid  # as shipped, as a convolution, and both
 
-VARIANTS = {"einsum": einsum, "conv": conv}
+VARIANTS = {"einsum": einsum, "conv": conv, "hybrid": hybrid}
 spec, algo, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])
 names = sys.argv[4].split(",") if len(sys.argv) > 4 else list(VARIANTS)
 prog = load_program(spec); data = _synthetic(prog, 128, 0)

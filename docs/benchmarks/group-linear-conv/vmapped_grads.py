@@ -5,7 +5,7 @@
 import os, sys, time
 import jax, jax.numpy as jnp
 sys.path.insert(0, os.path.dirname(__file__))
-from gl_variant_defs import conv, einsum
+from gl_variant_defs import conv, einsum, hybrid
 from fgc.lowering import modules as M
 from fgc.lowering.modules import make_layer
 
@@ -15,7 +15,7 @@ for dt in (jnp.float32, jnp.float64):
     layer = make_layer("group_linear", {"out": 64, "groups": 4, "bias": True}, [(64,)],
                        key=jax.random.key(0), dtype=dt)
     x = jnp.ones((64, 64), dt)
-    for name, call in (("einsum", einsum), ("conv", conv)):
+    for name, call in (("einsum", einsum), ("conv", conv), ("hybrid", hybrid)):
         M.GroupLinear.__call__ = call
 
         def one(k):
