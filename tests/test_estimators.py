@@ -170,6 +170,24 @@ def test_rademacher_noise_is_unbiased_too(program):
     assert mean @ true / (np.linalg.norm(mean) * np.linalg.norm(true)) > 0.99
 
 
+@pytest.mark.parametrize("shape", [(3, 5, 7), (2, 64), (1,)])
+def test_rademacher_signs_are_fair_independent_coins(shape):
+    """32 signs come from each random word: every value ±1, every bit position of the
+    word a fair coin, neighbours (bits of one word) uncorrelated, a new key new signs."""
+    from fgc.learning.estimators import sample_noise
+    v = sample_noise("rademacher", jax.random.key(0), shape, jnp.float32)
+    assert v.shape == shape and v.dtype == jnp.float32
+    assert set(np.unique(np.asarray(v)).tolist()) <= {-1.0, 1.0}
+    draws = np.asarray(jax.vmap(lambda k: sample_noise("rademacher", k, (4096,), jnp.float32))(
+        jax.random.split(jax.random.key(1), 64)))                    # [64, 4096]
+    per_bit = draws.reshape(64, -1, 32).mean(axis=(0, 1))              # each bit position
+    assert np.abs(per_bit).max() < 5 * np.sqrt(1 / (64 * 128))         # 5 sigma
+    neighbours = (draws[:, :-1] * draws[:, 1:]).mean()
+    assert abs(neighbours) < 5 / np.sqrt(draws[:, 1:].size)
+    other = sample_noise("rademacher", jax.random.key(2), shape, jnp.float32)
+    assert shape == (1,) or not np.array_equal(v, other)
+
+
 def _with_credit(plan, credit):
     from fgc.training.train import with_estimator
     return with_estimator(plan, credit=credit)

@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
+import math
 from typing import TYPE_CHECKING, Callable, ClassVar
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array, PRNGKeyArray, PyTree
 
 from fgc.errors import LoweringError
@@ -60,9 +62,22 @@ EXACT = Estimator("backprop")
 
 # --- shared pieces ---------------------------------------------------------------------------
 
+def _rademacher(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
+    """Independent ±1 signs, 32 from each random word.
+
+    ``jax.random.rademacher`` spends a 32-bit draw (threefry's cost, the bulk of a
+    sample's) on each sign; one bit each makes the noise of an M/8/16 site 13x cheaper
+    on XLA:CPU (BENCHMARKS §5.3). Each bit of a uniform word is a fair coin,
+    independent of the others, so the distribution is the same."""
+    n = math.prod(shape)
+    words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)
+    bits = (words[:, None] >> jnp.arange(32, dtype=jnp.uint32)[None]) & 1
+    return (2 * bits.reshape(-1)[:n].astype(dtype) - 1).reshape(shape)
+
+
 NOISE: dict[str, Callable] = {
     "gaussian": jax.random.normal,
-    "rademacher": jax.random.rademacher,
+    "rademacher": _rademacher,
 }
 """Tangent distributions with zero mean and identity covariance, by name."""
 

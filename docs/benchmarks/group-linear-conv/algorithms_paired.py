@@ -1,8 +1,10 @@
 # Two or more algorithms' fgc train steps for one spec, compiled in one process and timed
 # alternated (A, B, B, A, ...), so that the ratio of their step times is paired.
 # Usage: python docs/benchmarks/group-linear-conv/algorithms_paired.py SPEC bp,lg-fg-a ROUNDS
+# An entry may carry --set overrides after a '+': lg-fg-a+algorithm.lg-fg-a.estimator.noise=rademacher
 import sys, time, statistics
 import jax, jax.numpy as jnp, numpy as np
+from fgc.front.overrides import load as load_with
 from fgc.tools.common import load_program
 from fgc.tools.bench.measure import _synthetic
 from fgc.training.train import make_step, prepare
@@ -13,7 +15,9 @@ prog = load_program(spec); data = _synthetic(prog, 128, 0)
 x = np.asarray(data.x_train[:128]); y = np.asarray(data.y_train[:128])
 runs = {}
 for name in names:
-    run = prepare(prog, algorithm=name, dataset=data, batch_size=128, seed=0)
+    algo, *sets = name.split("+")
+    run = prepare(load_with(spec, sets) if sets else prog, algorithm=algo, dataset=data,
+                  batch_size=128, seed=0)
     step = make_step(run.rule, run.tx)
     net, opt = run.init_state()
     c, _, _ = _lower_compile(step, net, opt, jnp.asarray(x), jnp.asarray(y), run.key)
