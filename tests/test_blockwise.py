@@ -201,3 +201,42 @@ def test_blockwise_step_uses_less_memory():
     on = temp(UpdateRule.build(plan, net))
     off = temp(UpdateRule.build(plan, net, blockwise=False))
     assert on < 0.6 * off, (on, off)
+
+
+def test_a_blockwise_step_keeps_the_schedule_needing_least_memory():
+    """A step that runs pieces is compiled under XLA:CPU's default and its memory-optimised
+    schedule and keeps the smaller program (a whole-network step has one candidate); the
+    schedules order the same operations, so the step's numbers are bit for bit the same
+    whichever is kept, and the run loop's flat step (fgc train) keeps the smaller too."""
+    from fgc.learning.blockwise import MEMORY_SCHEDULE
+    from fgc.training.compiling import compile_smallest, footprint
+    from fgc.training.data import synthetic_dataset
+    from fgc.training.flat_step import FlatStep
+    from fgc.training.train import prepare, step_body
+    text = local_mixer("schedule", image=16, classes=3, width=32).replace(
+        "| mixer(32, 2)", "| mixer(32, 2) * 3")
+    prog = fgc.loads(text, "schedule.fg")
+    data = synthetic_dataset(image_shape=(16, 16, 1), num_classes=3, n_train=64, n_test=8)
+    assert UpdateRule.build(prog.plan("bp")).schedules() == ({},)
+    assert UpdateRule.build(prog.plan("lg-fg-a"), blockwise=False).schedules() == ({},)
+    run = prepare(prog, algorithm="lg-fg-a", dataset=data, batch_size=64, seed=0)
+    candidates = run.rule.schedules()
+    if jax.default_backend() == "cpu":
+        assert candidates == ({}, MEMORY_SCHEDULE)
+    x, y = jnp.asarray(data.x_train[:64]), jnp.asarray(data.y_train[:64])
+    step = eqx.filter_jit(step_body(run.rule, run.tx))
+    net, opt = run.init_state()
+    lowered = step.lower(net, opt, x, y, run.key)
+    each = [lowered.compile(compiler_options=dict(c) or None) for c in candidates]
+    outs = [jax.device_get(c(net, opt, x, y, run.key)) for c in each]
+    for out in outs[1:]:
+        for a, b in zip(jax.tree_util.tree_leaves(outs[0]), jax.tree_util.tree_leaves(out)):
+            np.testing.assert_array_equal(a, b)
+    sizes = [footprint(c) for c in each]
+    kept, options = compile_smallest(lowered, candidates)
+    assert footprint(kept) == min(sizes) and options == candidates[sizes.index(min(sizes))]
+    net, opt = run.init_state()
+    flat = FlatStep(step_body(run.rule, run.tx), net, opt, schedules=candidates)
+    arrays, _ = flat(flat.arrays(net, opt), x, y, run.key)
+    assert flat.options == options
+    jax.block_until_ready(flat(arrays, x, y, run.key))  # later calls run the kept program

@@ -286,6 +286,12 @@ class UpdateRule:
         pieces = len(plan.pieces) if blockwise and all(p.piecewise for p in passes) else 1
         return UpdateRule(tuple(passes), shared, tuple(sorted(est.items())), max(pieces, 1))
 
+    def schedules(self) -> tuple[dict[str, str], ...]:
+        """The XLA compiler options to compile a step of this rule with, the one needing
+        the least memory kept (:func:`fgc.learning.blockwise.schedules`)."""
+        from fgc.learning.blockwise import schedules
+        return schedules(self.pieces)
+
     def describe(self) -> list[str]:
         """One line per pass, for logs and ``fgc train``'s header, and how a step runs
         them when it runs pieces one after another."""

@@ -37,10 +37,15 @@ class FlatStep:
       net, opt_state: a state of the structure the step will see (its arrays are not
         kept: only the structure and the non-array parts).
       max_traces: a second trace is an error (``eqx.debug.assert_max_traces``).
+      schedules: XLA compiler options to compile it with
+        (:meth:`fgc.learning.estimators.UpdateRule.schedules`); with several, the first
+        call compiles one program per candidate and keeps the one needing the least
+        memory (:func:`fgc.training.compiling.compile_smallest`), its options in
+        :attr:`options`, and every call after it runs that program.
     """
 
     def __init__(self, step: Callable, net: Any, opt_state: Any, *,
-                 max_traces: int | None = None):
+                 max_traces: int | None = None, schedules: tuple[dict, ...] = ({},)):
         dynamic, self._static = eqx.partition((net, opt_state), eqx.is_array)
         _, self._treedef = jax.tree_util.tree_flatten(dynamic)
 
@@ -55,7 +60,11 @@ class FlatStep:
 
         if max_traces is not None:
             flat = eqx.debug.assert_max_traces(flat, max_traces=max_traces)
-        self._jitted = jax.jit(flat, donate_argnums=0)
+        self._flat = flat
+        self._schedules = tuple(schedules) or ({},)
+        self.options: dict = dict(self._schedules[0])
+        self._jitted = jax.jit(flat, donate_argnums=0, compiler_options=self.options or None)
+        self._compiled = None
 
     def _flatten(self, net, opt_state):
         dynamic, _ = eqx.partition((net, opt_state), eqx.is_array)
@@ -74,4 +83,10 @@ class FlatStep:
 
     def __call__(self, arrays: list, x, labels, key) -> tuple[list, dict]:
         """One step; ``arrays`` are donated (do not use them again) and returned updated."""
-        return self._jitted(arrays, x, labels, key)
+        if len(self._schedules) == 1:
+            return self._jitted(arrays, x, labels, key)
+        if self._compiled is None:
+            from fgc.training.compiling import compile_smallest
+            lowered = jax.jit(self._flat, donate_argnums=0).lower(arrays, x, labels, key)
+            self._compiled, self.options = compile_smallest(lowered, self._schedules)
+        return self._compiled(arrays, x, labels, key)

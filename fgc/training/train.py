@@ -213,7 +213,7 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
     # the loop holds the state as a flat list of arrays (FlatStep: no pytree work per step)
     step_fn = FlatStep(step_body(run.rule, run.tx, augment=make_augment(cfg.augment),
                                  views=make_views(cfg.views, cfg.view_augment)),
-                       net, opt_state, max_traces=1)
+                       net, opt_state, max_traces=1, schedules=run.rule.schedules())
     arrays = step_fn.arrays(net, opt_state)
     del net, opt_state  # donated by the first step: only `arrays` is the state from here on
     show_bar = sys.stderr.isatty() if progress is None else progress

@@ -20,7 +20,8 @@ for name in names:
                   batch_size=128, seed=0)
     step = make_step(run.rule, run.tx)
     net, opt = run.init_state()
-    c, _, _ = _lower_compile(step, net, opt, jnp.asarray(x), jnp.asarray(y), run.key)
+    c, _, _ = _lower_compile(step, net, opt, jnp.asarray(x), jnp.asarray(y), run.key,
+                             schedules=run.rule.schedules())  # as fgc train and fgc bench compile it
     state = {"net": net, "opt": opt}
 
     def one(c=c, state=state, run=run):

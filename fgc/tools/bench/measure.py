@@ -16,8 +16,8 @@ from fgc.tools.bench.base import NAIVE_LIMIT_BYTES, BenchError
 from fgc.tools.bench.ceilings import measure_ceilings
 from fgc.tools.bench.profile import check_profile_dir, trace_steps
 from fgc.tools.bench.replicated import _replicated_compare, replicated_configs
-from fgc.tools.bench.xla import (_device_peak, _flops, _hlo_text, _lower_compile, _memory,
-                                 _spread)
+from fgc.tools.bench.xla import (_device_peak, _flops, _hlo_text, _lower_compile_choosing,
+                                 _memory, _spread)
 from fgc.tools.common import load_program
 
 _FIGURES = ("compile_seconds", "step_seconds", "images_per_second", "flops",
@@ -124,7 +124,8 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
         jax.block_until_ready((x, y, key))
         return x, y, key
 
-    compiled, lower_s, compile_s = _lower_compile(step, net, opt_state, *batch(-1))
+    compiled, lower_s, compile_s, options = _lower_compile_choosing(
+        step, net, opt_state, *batch(-1), schedules=rule.schedules())
     times = []
     for i in range(warmup + steps):
         x, y, key = batch(i)
@@ -153,6 +154,7 @@ def _bench_algorithm(prog, name: str, data, batch_size: int, steps: int, warmup:
         "algorithm": name,
         "estimator": rule.describe(),
         "pieces": rule.pieces,
+        "xla_options": options,
         "build_seconds": build_seconds,
         "lower_seconds": lower_s,
         "xla_compile_seconds": compile_s,

@@ -68,6 +68,13 @@ def format_report(result: dict[str, Any]) -> str:
              "counted once); GFLOP from XLA's cost analysis",
              "pieces = parts of the network the step runs one after another (block-wise "
              + ("on" if result.get("blockwise", True) else "off: --blockwise off") + ")"]
+    chosen = {}
+    for r in rows:
+        for k, v in (r.get("xla_options") or {}).items():
+            chosen.setdefault(f"{k}={v}", []).append(r["algorithm"])
+    for option, names in chosen.items():
+        notes.append(f"{', '.join(names)}: compiled with {option}, which needed less memory "
+                     "than XLA's default schedule (as fgc train does; docs/training.md)")
     if peak:
         notes.append("peak = the device's high-water mark so far in this process "
                      "(it only grows from one row to the next)")

@@ -11,12 +11,22 @@ from typing import Any
 _DONATION_WARNING = "Some donated buffers were not usable"
 
 
-def _lower_compile(fn, *args):
+def _lower_compile(fn, *args, schedules: tuple[dict, ...] = ({},)):
     """``(compiled, lower seconds, compile seconds)`` of a jitted function, ahead of time.
 
     Works for ``jax.jit`` and ``eqx.filter_jit`` alike (equinox ≥ 0.11 wraps the jax
-    stages); the returned object is callable like ``fn``.
+    stages); the returned object is callable like ``fn``. With several ``schedules`` (XLA
+    compiler options, :meth:`fgc.learning.estimators.UpdateRule.schedules`) it is compiled
+    with each and the program needing the least memory kept, as ``fgc train`` does; the
+    compile seconds are then those of all of them (:func:`_lower_compile_choosing` also
+    says which options won).
     """
+    return _lower_compile_choosing(fn, *args, schedules=schedules)[:3]
+
+
+def _lower_compile_choosing(fn, *args, schedules: tuple[dict, ...] = ({},)):
+    """:func:`_lower_compile` and, fourth, the compiler options of the program kept."""
+    from fgc.training.compiling import compile_smallest
     with warnings.catch_warnings():
         # The step donates its whole input, so the batch and labels, which cannot alias an
         # output, are reported as unusable donations; that is expected, not a problem.
@@ -24,9 +34,9 @@ def _lower_compile(fn, *args):
         t0 = time.perf_counter()
         lowered = fn.lower(*args)
         t1 = time.perf_counter()
-        compiled = lowered.compile()
+        compiled, options = compile_smallest(lowered, schedules)
         t2 = time.perf_counter()
-    return compiled, t1 - t0, t2 - t1
+    return compiled, t1 - t0, t2 - t1, options
 
 
 def _xla(compiled):
