@@ -10,7 +10,7 @@ from fgc.training.train import make_step, prepare
 from fgc.tools.bench.xla import _lower_compile, _xla
 
 sys.path.insert(0, __import__("os").path.dirname(__file__))
-from gl_variant_defs import conv, einsum, hybrid  # as shipped, as a convolution, and both
+from gl_variant_defs import conv, einsum, hybrid  # as shipped before, as a convolution, as now
 
 VARIANTS = {"einsum": einsum, "conv": conv, "hybrid": hybrid}
 spec, algo, rounds = sys.argv[1], sys.argv[2], int(sys.argv[3])

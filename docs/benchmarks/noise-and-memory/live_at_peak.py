@@ -1,7 +1,7 @@
 # The buffers live at the high-water mark of XLA's sequential schedule of a compiled step,
 # read from the live-range dump (sizes from the optimised HLO's shapes). Make the dump with
 #   XLA_FLAGS="--xla_cpu_experimental_ynn_fusion_type=-reduce --xla_dump_to=DIR --xla_dump_hlo_as_text" \
-#     python docs/benchmarks/noise-and-memory/compile_step.py specs/mixer-m-8-16.fg lg-fg-a
+#     python docs/benchmarks/noise-and-memory/compile_step.py specs/mixer-m-8-16.fg lg-fg-a default
 # then: python docs/benchmarks/noise-and-memory/live_at_peak.py DIR/module_*.jit_step.cpu_after_optimizations-live-range.txt
 import re, sys, collections, math
 f = sys.argv[1]

@@ -4,19 +4,12 @@
 # step's biggest operations with what they hold.
 # Usage: fgc bench specs/mixer-m-8-16.fg --algorithms lg-fg-a --steps 5 --no-replicated --profile DIR
 #        python docs/benchmarks/noise-and-memory/sampling_share.py specs/mixer-m-8-16.fg lg-fg-a DIR/lg-fg-a [TOP]
-import sys, re, gzip, json, glob, collections
-import jax, jax.numpy as jnp, numpy as np
-from fgc.tools.common import load_program
-from fgc.tools.bench.measure import _synthetic
-from fgc.training.train import make_step, prepare
-from fgc.tools.bench.xla import _lower_compile, _xla
+import sys, os, re, gzip, json, glob, collections
+sys.path.insert(0, os.path.dirname(__file__))
+from compile_step import compiled_step
+from fgc.tools.bench.xla import _xla
 spec, algo, tracedir = sys.argv[1], sys.argv[2], sys.argv[3]
-prog = load_program(spec); data = _synthetic(prog, 128, 0)
-run = prepare(prog, algorithm=algo, dataset=data, batch_size=128, seed=0)
-step = make_step(run.rule, run.tx); net, opt = run.init_state()
-x = jnp.asarray(data.x_train[:128]); y = jnp.asarray(data.y_train[:128])
-c, _, _ = _lower_compile(step, net, opt, x, y, run.key)
-txt = _xla(c).as_text()
+txt = _xla(compiled_step(spec, algo)).as_text()
 comps, cur = {}, None
 for line in txt.splitlines():
     m = re.match(r"^(?:ENTRY )?%?([\w.\-]+) ", line)
