@@ -56,7 +56,7 @@ def schedules(pieces: int) -> tuple[dict[str, str], ...]:
     finish each piece first, which is what block-wise execution is for. Which needs less
     differs by network, measured (BENCHMARKS §5.4, batch 128): LocalMixer M/8/16 LG-FG-A
     267.9 -> 189.6 MiB, LG-BP 191.9 -> 145.4, LG-FG-W 173.5 -> 142.3 with the
-    memory-optimised one (step times 0.96-1.01x), but the ResNet-18 in 8 blocks under
+    memory-optimised one (step times 0.95-0.99x), but the ResNet-18 in 8 blocks under
     LG-BP 434.5 -> 505.4 MiB. Both schedules run the same operations: the step's numbers do
     not depend on the choice. A whole-network step, or another backend, has one candidate:
     the default.

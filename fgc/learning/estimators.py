@@ -66,8 +66,8 @@ def _rademacher(key: PRNGKeyArray, shape: tuple[int, ...], dtype) -> Array:
     """Independent ±1 signs, 32 from each random word.
 
     ``jax.random.rademacher`` spends a 32-bit draw (threefry's cost, the bulk of a
-    sample's) on each sign; one bit each makes the noise of an M/8/16 site 13x cheaper
-    on XLA:CPU (BENCHMARKS §5.3). Each bit of a uniform word is a fair coin,
+    sample's) on each sign; one bit each makes the noise of an M/8/16 site 16x cheaper
+    on XLA:CPU (BENCHMARKS §5.4). Each bit of a uniform word is a fair coin,
     independent of the others, so the distribution is the same."""
     n = math.prod(shape)
     words = jax.random.bits(key, (-(-n // 32),), jnp.uint32)

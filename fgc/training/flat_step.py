@@ -41,7 +41,8 @@ class FlatStep:
         (:meth:`fgc.learning.estimators.UpdateRule.schedules`); with several, the first
         call compiles one program per candidate and keeps the one needing the least
         memory (:func:`fgc.training.compiling.compile_smallest`), its options in
-        :attr:`options`, and every call after it runs that program.
+        :attr:`options`, and every call after it runs that program (so every call must
+        bring arguments of the first call's shapes, as the run loop's do).
     """
 
     def __init__(self, step: Callable, net: Any, opt_state: Any, *,
