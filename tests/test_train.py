@@ -75,15 +75,24 @@ def test_the_loops_flat_step_is_make_step_to_the_bit(spec_path, data):
     copies = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, (net, opt))
     flat = FlatStep(step_body(run.rule, run.tx), *copies, max_traces=1)
     arrays = flat.arrays(*copies)
+    # and as the run loop builds it: the smaller of the block-wise step's schedules
+    copies = jax.tree.map(lambda a: a.copy() if eqx.is_array(a) else a, (net, opt))
+    kept = FlatStep(step_body(run.rule, run.tx), *copies, max_traces=1,
+                    schedules=run.rule.schedules())
+    kept_arrays = kept.arrays(*copies)
     for i in range(3):
         def batch():  # fresh buffers: both steps donate theirs
             return (jnp.asarray(data.x_train[i * 32:(i + 1) * 32]),
                     jnp.asarray(data.y_train[i * 32:(i + 1) * 32]), jax.random.key(i))
         net, opt, want = step(net, opt, *batch())
         arrays, got = flat(arrays, *batch())
+        kept_arrays, got_kept = kept(kept_arrays, *batch())
         assert {k: float(v) for k, v in got.items()} == {k: float(v) for k, v in want.items()}
+        assert {k: float(v) for k, v in got_kept.items()} == {k: float(v) for k, v in want.items()}
     new_net, new_opt = flat.tree(arrays)
     for a, b in zip(_arrays((net, opt)), _arrays((new_net, new_opt))):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(_arrays((net, opt)), _arrays(kept.tree(kept_arrays))):
         np.testing.assert_array_equal(a, b)
     assert jax.tree.structure(new_net) == jax.tree.structure(net)
     with pytest.raises(ValueError, match="structure"):
@@ -152,6 +161,9 @@ def test_run_writes_metrics_summary_and_checkpoint(spec_path, data, tmp_path):
                 "images_per_second", "wall_seconds"):
         assert on_disk[key] is not None, key
     assert on_disk["algorithm"] == "lg-fg-a" and on_disk["epochs"] == 2
+    # the XLA options of the program the loop kept: one of the block-wise step's candidates
+    candidates = prepare(spec_path, dataset=data).rule.schedules()
+    assert on_disk["xla_options"] in [dict(c) for c in candidates]
     meta = checkpoint.read_meta(out / checkpoint.NAME)
     assert meta["epoch"] == 2 and meta["step"] == 2 * 5
 

@@ -315,7 +315,8 @@ def train(spec, *, out: str | os.PathLike, algorithm: str | None = None,
         if global_step >= stop:
             break
     summary = _summary(run, history, time.perf_counter() - wall0, compile_seconds)
-    summary.update(steps=global_step, finished=global_step == cfg.epochs * spe)
+    summary.update(steps=global_step, finished=global_step == cfg.epochs * spe,
+                   xla_options=step_fn.options)  # the schedule kept (blockwise.schedules)
     runs.write_json(out / runs.SUMMARY, summary)
     return summary
 
