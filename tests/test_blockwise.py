@@ -240,3 +240,19 @@ def test_a_blockwise_step_keeps_the_schedule_needing_least_memory():
     arrays, _ = flat(flat.arrays(net, opt), x, y, run.key)
     assert flat.options == candidates[sizes.index(min(sizes))]
     jax.block_until_ready(flat(arrays, x, y, run.key))  # later calls run the kept program
+
+
+def test_a_piece_without_losses_has_a_zero_objective():
+    """A `stopgrad` after the last block is a piece of its own that computes no loss (found
+    by the gradient oracle): its objective is a float zero, and every greedy rule runs."""
+    from fgc.learning.estimators import objective
+    assert objective({}).dtype == jnp.result_type(float) and float(objective({})) == 0.0
+    text = MIXER.replace("| mixer(8, 2) * 2", "| mixer(8, 2) * 2 | stopgrad")
+    prog = fgc.loads(text, "trailing-stopgrad.fg")
+    x = jax.random.uniform(jax.random.key(1), (4, 4, 4, 1))
+    y = jnp.arange(4) % 3
+    for algorithm in ("lg-bp", "lg-fg-a"):  # the backprop and the activity pass
+        plan = prog.plan(algorithm)
+        net = lower(plan, jax.random.key(0))
+        est = UpdateRule.build(plan, net).estimate(net, x, y, jax.random.key(2))
+        assert all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree_util.tree_leaves(est.grads))

@@ -112,8 +112,10 @@ def aggregate(kind: str, per_tangent: Array) -> Array:
 
 
 def objective(losses: dict[str, Array]) -> Array:
-    """``Σ_losses mean_batch Σ_replicas L``: the scalar every estimator targets."""
-    return sum(l.reshape(l.shape[0], -1).sum(axis=1).mean() for l in losses.values())
+    """``Σ_losses mean_batch Σ_replicas L``: the scalar every estimator targets (a float
+    zero for a piece that computes no loss, such as a lone ``stopgrad`` between blocks)."""
+    return sum((l.reshape(l.shape[0], -1).sum(axis=1).mean() for l in losses.values()),
+               jnp.zeros((), jnp.result_type(float)))
 
 
 def loss_means(losses: dict[str, Array]) -> dict[str, Array]:
