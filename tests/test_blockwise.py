@@ -235,7 +235,7 @@ def test_a_blockwise_step_keeps_the_schedule_needing_least_memory():
     # the run loop's flat step: its first call keeps the smallest of its own programs
     net, opt = run.init_state()
     flat = FlatStep(step_body(run.rule, run.tx), net, opt, schedules=candidates)
-    lowered = jax.jit(flat._flat, donate_argnums=0).lower(flat.arrays(net, opt), x, y, run.key)
+    lowered = flat._jitted.lower(flat.arrays(net, opt), x, y, run.key)
     sizes = [footprint(lowered.compile(compiler_options=dict(c) or None)) for c in candidates]
     arrays, _ = flat(flat.arrays(net, opt), x, y, run.key)
     assert flat.options == candidates[sizes.index(min(sizes))]

@@ -61,10 +61,9 @@ class FlatStep:
 
         if max_traces is not None:
             flat = eqx.debug.assert_max_traces(flat, max_traces=max_traces)
-        self._flat = flat
         self._schedules = tuple(schedules) or ({},)
         self.options: dict = dict(self._schedules[0])
-        self._jitted = jax.jit(flat, donate_argnums=0, compiler_options=self.options or None)
+        self._jitted = jax.jit(flat, donate_argnums=0)
         self._compiled = None
 
     def _flatten(self, net, opt_state):
@@ -84,10 +83,10 @@ class FlatStep:
 
     def __call__(self, arrays: list, x, labels, key) -> tuple[list, dict]:
         """One step; ``arrays`` are donated (do not use them again) and returned updated."""
-        if len(self._schedules) == 1:
+        if self._schedules == ({},):  # XLA's default alone: the jit's own fast path
             return self._jitted(arrays, x, labels, key)
         if self._compiled is None:
             from fgc.training.compiling import compile_smallest
-            lowered = jax.jit(self._flat, donate_argnums=0).lower(arrays, x, labels, key)
+            lowered = self._jitted.lower(arrays, x, labels, key)
             self._compiled, self.options = compile_smallest(lowered, self._schedules)
         return self._compiled(arrays, x, labels, key)
