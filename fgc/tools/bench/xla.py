@@ -82,9 +82,8 @@ def _memory(compiled) -> dict[str, int | None]:
     out: dict[str, int | None] = {k: (int(getattr(m, f)) if m is not None and
                                       getattr(m, f, None) is not None else None)
                                   for k, f in fields.items()}
-    parts = [out["argument_bytes"], out["output_bytes"], out["temp_bytes"]]
-    out["footprint_bytes"] = (None if None in parts else
-                              sum(parts) - (out["alias_bytes"] or 0))
+    from fgc.training.compiling import footprint  # the one definition fgc train also uses
+    out["footprint_bytes"] = footprint(compiled)
     return out
 
 
